@@ -1,0 +1,102 @@
+"""personal-model-garden on Modal: `modal deploy app.py`.
+
+Wiring only, top to bottom: images, the models volume, the GPU backend class, the CPU
+gateway. The logic lives in `backend/` (Ollama and the relay) and `proxy/` (the gateway).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import modal
+
+from config import APP_NAME, forwarded_env, settings
+
+app = modal.App(APP_NAME)
+
+# Settings are read again inside each container: carry the deployer's choices there.
+settings_env = forwarded_env()
+
+# --- Images -------------------------------------------------------------------------
+# The gateway is small and cheap: aiohttp on a CPU, no Ollama.
+gateway_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .pip_install_from_requirements("requirements.txt")
+    .env(settings_env)
+    .add_local_python_source("config", "proxy", "backend")
+)
+
+# The backend runs a pinned Ollama (install script; it needs curl, CA certs and zstd).
+backend_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .apt_install("curl", "ca-certificates", "zstd")
+    .run_commands(f"curl -fsSL https://ollama.com/install.sh | OLLAMA_VERSION={settings.ollama_version} sh")
+    .pip_install_from_requirements("requirements.txt")
+    .env(settings_env)
+    .add_local_python_source("config", "proxy", "backend")
+)
+
+# --- Model store ----------------------------------------------------------------------
+MODELS_DIR = "/ollama-models"
+models_volume = modal.Volume.from_name(settings.models_volume, create_if_missing=True)
+
+# Inside the GPU container Ollama listens on loopback only; the relay is its one client.
+BACKEND_OLLAMA_URL = "http://127.0.0.1:11434"
+
+
+# --- Backend: Ollama on a GPU, scales to zero -------------------------------------------
+@app.cls(
+    image=backend_image,
+    gpu=settings.ollama_gpu,
+    volumes={MODELS_DIR: models_volume},
+    scaledown_window=settings.ollama_scaledown,
+    timeout=settings.ollama_timeout,
+    # No retries: a retried generator restarts and would splice two generations.
+)
+@modal.concurrent(max_inputs=settings.ollama_max_inputs)
+class OllamaBackend:
+    @modal.enter()
+    def start(self) -> None:
+        from backend.ollama_server import OllamaServer
+        from backend.service import OllamaService
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        server = OllamaServer(
+            BACKEND_OLLAMA_URL,
+            env={
+                "OLLAMA_MODELS": MODELS_DIR,  # Ollama's own name for its models directory
+                "OLLAMA_NUM_PARALLEL": str(settings.ollama_max_inputs),  # matches Modal's concurrency
+                "OLLAMA_KEEP_ALIVE": "-1",  # stay loaded; Modal's scaledown decides when to stop
+            },
+        )
+        self.service = OllamaService(BACKEND_OLLAMA_URL, settings.ollama_model_list, commit=models_volume.commit, server=server)
+        self.service.start()
+
+    @modal.method()
+    async def proxy(self, request: dict):
+        """Yield the response head, then body chunks as Ollama sends them."""
+        async for frame in self.service.proxy(request):
+            yield frame
+
+    @modal.exit()
+    def stop(self) -> None:
+        self.service.stop()
+
+
+# --- Gateway: always warm, CPU only -----------------------------------------------------
+@app.function(
+    image=gateway_image,
+    min_containers=settings.gateway_min_containers,
+    timeout=settings.gateway_timeout,  # at least the backend's, so long streams are not cut
+)
+@modal.concurrent(max_inputs=settings.gateway_max_inputs)
+@modal.web_server(port=settings.gateway_port, startup_timeout=settings.gateway_startup_timeout)
+def gateway() -> None:
+    from proxy.app import create_app
+    from proxy.server import serve_in_thread
+    from proxy.transport import ModalBackend
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    backend = ModalBackend(OllamaBackend().proxy)
+    # A thread of this process, not a subprocess, so the server can call OllamaBackend.
+    serve_in_thread(lambda: create_app(backend, settings), "0.0.0.0", settings.gateway_port)

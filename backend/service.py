@@ -1,0 +1,78 @@
+"""The GPU container's work: start Ollama, prepare models, relay requests.
+
+`app.py`'s `OllamaBackend` class only calls into this, so the lifecycle can be tested
+without Modal (its `.local()` skips async hooks and cannot run async generators).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from backend import ollama_server
+from backend.relay import OllamaRelay
+from backend.wire import Frame, RequestFrame
+
+log = logging.getLogger(__name__)
+
+# Requests after which the model store on disk has changed.
+_STORE_CHANGING = {("POST", "/api/pull"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete")}
+
+
+def changes_model_store(method: str, path: str, status: int) -> bool:
+    """True if a request that succeeded with `status` changed the models on disk."""
+    return 200 <= status < 300 and (method.upper(), path.partition("?")[0].rstrip("/")) in _STORE_CHANGING
+
+
+class OllamaService:
+    """One Ollama on this machine, and the relay in front of it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        models: tuple[str, ...],
+        commit: Callable[[], None],
+        server: ollama_server.OllamaServer | None = None,
+        ready_timeout: float = 120.0,
+    ) -> None:
+        self.base_url = base_url
+        self.models = models
+        self.commit = commit  # persists the model store (Modal: volume.commit)
+        self.server = server or ollama_server.OllamaServer(base_url)
+        self.ready_timeout = ready_timeout
+        self.relay = OllamaRelay(base_url)
+
+    def start(self) -> None:
+        """Start Ollama, pull missing models, commit, preload the first model."""
+        self.server.start()
+        waited = self.server.wait_ready(self.ready_timeout)
+        log.info("ollama answered after %.1fs", waited)
+        pulled, failed = ollama_server.pull_missing(self.base_url, self.models)
+        if pulled:
+            started = time.monotonic()
+            self.commit()
+            log.info("volume committed (%s) in %.1fs", ", ".join(pulled), time.monotonic() - started)
+        available = [m for m in self.models if m not in failed]
+        if available:
+            try:
+                seconds = ollama_server.preload(self.base_url, available[0])
+                log.info("model %s loaded in %.1fs", available[0], seconds)
+            except (ollama_server.PullError, OSError, ValueError) as exc:
+                log.error("could not preload %s: %s", available[0], exc)
+
+    async def proxy(self, request: RequestFrame) -> AsyncIterator[Frame]:
+        """Relay one request; commit the volume after a successful store change."""
+        status = 0
+        async for frame in self.relay.stream(request):
+            if isinstance(frame, dict):
+                status = frame["status"]
+            yield frame
+        if changes_model_store(request["method"], request["path"], status):
+            # Modal's commit is blocking; keep the event loop free for other streams.
+            await asyncio.to_thread(self.commit)
+            log.info("volume committed after %s %s", request["method"], request["path"])
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -1,0 +1,48 @@
+"""What crosses the gateway -> backend seam.
+
+Only plain values cross it (they are pickled by Modal): a request is a dict, the
+response is a head dict followed by `bytes` chunks. Keeping these shapes in one module
+lets both transports and both sides agree without sharing classes.
+"""
+
+from __future__ import annotations
+
+from typing import TypedDict, Union
+
+Headers = list[tuple[str, str]]
+
+
+class RequestFrame(TypedDict):
+    method: str
+    path: str  # origin-form: "/api/chat?x=1", always rooted on the backend's own Ollama
+    headers: Headers
+    body: bytes
+
+
+class HeadFrame(TypedDict):
+    status: int
+    headers: Headers
+
+
+# A stream is one HeadFrame, then zero or more bytes chunks.
+Frame = Union[HeadFrame, bytes]
+
+
+def request_frame(method: str, path: str, headers: Headers, body: bytes) -> RequestFrame:
+    return {"method": method, "path": path, "headers": list(headers), "body": body}
+
+
+def head_frame(status: int, headers: Headers) -> HeadFrame:
+    return {"status": status, "headers": list(headers)}
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot serve at all (Ollama not reachable or not installed).
+
+    Raised before the head frame; the gateway answers 503 with the message. Plain
+    `Exception` with a string argument, so it survives Modal's pickling.
+    """
+
+
+class UpstreamBroken(Exception):
+    """Ollama's response ended abnormally after the head was sent."""

@@ -1,0 +1,156 @@
+"""Every setting, read once from the environment.
+
+One frozen `Settings` object is built at import. A bad value fails right here, with a
+message naming the variable and the accepted form, instead of deep inside Modal or at
+the first request.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+APP_NAME = "personal-model-garden"
+
+# Modal's limits, checked here so a typo fails at import with our own message.
+MODAL_MAX_TIMEOUT = 86_400
+MODAL_SCALEDOWN_RANGE = (2, 3600)
+MODAL_GPU_TYPES = (
+    "T4", "L4", "A10", "A10G", "L40S", "A100", "A100-40GB", "A100-80GB",
+    "H100", "H100!", "H200", "B200", "ANY",
+)  # fmt: skip
+
+# The gateway outlives the backend's own timeout by this much, so that a backend that
+# times out is reported to the client instead of the gateway being cut first.
+GATEWAY_TIMEOUT_MARGIN = 60
+
+
+class ConfigError(ValueError):
+    """A setting in the environment has a value we cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number from {lo} to {hi}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number from {lo} to {hi}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        raw = default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _gpu(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, default).strip()
+    accepted = f"a Modal GPU type ({', '.join(MODAL_GPU_TYPES)}), optionally ':N' for N GPUs"
+    if not raw:
+        raise ConfigError(f"{name} is empty: expected {accepted}")
+    kind, _, count = raw.partition(":")
+    if kind.upper() not in MODAL_GPU_TYPES or (count and not (count.isdigit() and int(count) >= 1)):
+        raise ConfigError(f"{name}={raw!r}: expected {accepted}")
+    return raw
+
+
+def _ollama_url(raw: str) -> str:
+    """Ollama's own OLLAMA_HOST forms: `host`, `host:port`, `:port` or a full URL."""
+    raw = raw.strip() or "127.0.0.1:11434"
+    scheme = "http"
+    if "://" in raw:
+        scheme, raw = raw.split("://", 1)
+    raw = raw.rstrip("/")
+    host, sep, port = raw.rpartition(":")
+    if not sep or "]" in port:  # no port given (an IPv6 literal's colons are not a port)
+        host, port = raw, "443" if scheme == "https" else "11434"
+    host = host or "127.0.0.1"
+    if host == "0.0.0.0":  # a bind address; clients reach it on loopback
+        host = "127.0.0.1"
+    if not port.isdigit():
+        raise ConfigError(f"OLLAMA_HOST={raw!r}: expected host:port or a URL such as http://127.0.0.1:11434")
+    return f"{scheme}://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Backend (GPU) side.
+    ollama_gpu: str = "A100-40GB"
+    ollama_version: str = "0.30.3"
+    ollama_scaledown: int = 300
+    ollama_timeout: int = 1800
+    ollama_max_inputs: int = 8
+    ollama_model_list: tuple[str, ...] = ("glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M")
+    ollama_url: str = "http://127.0.0.1:11434"
+    models_volume: str = "ollama-models"
+    models_dir: str = "/root/.ollama/models"
+    # Gateway (CPU) side.
+    gateway_port: int = 8000
+    gateway_min_containers: int = 1
+    gateway_max_inputs: int = 1000
+    gateway_startup_timeout: int = 30
+    gateway_max_body_mb: int = 100
+
+    @property
+    def gateway_timeout(self) -> int:
+        return min(self.ollama_timeout + GATEWAY_TIMEOUT_MARGIN, MODAL_MAX_TIMEOUT)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    defaults = Settings()
+    version = env.get("OLLAMA_VERSION", defaults.ollama_version).strip().lstrip("v")
+    if not version or not all(part.isdigit() for part in version.split(".")):
+        raise ConfigError(f"OLLAMA_VERSION={version!r}: expected a release number such as 0.30.3")
+    models = _list(env, "OLLAMA_MODEL_LIST", ",".join(defaults.ollama_model_list))
+    return Settings(
+        ollama_gpu=_gpu(env, "OLLAMA_GPU", defaults.ollama_gpu),
+        ollama_version=version,
+        ollama_scaledown=_int(env, "OLLAMA_SCALEDOWN", defaults.ollama_scaledown, *MODAL_SCALEDOWN_RANGE),
+        ollama_timeout=_int(env, "OLLAMA_TIMEOUT", defaults.ollama_timeout, 10, MODAL_MAX_TIMEOUT),
+        ollama_max_inputs=_int(env, "OLLAMA_MAX_INPUTS", defaults.ollama_max_inputs, 1, 1000),
+        ollama_model_list=models,
+        ollama_url=_ollama_url(env.get("OLLAMA_HOST", "")),
+        gateway_port=_int(env, "GATEWAY_PORT", defaults.gateway_port, 1, 65535),
+        gateway_min_containers=_int(env, "GATEWAY_MIN_CONTAINERS", defaults.gateway_min_containers, 0, 100),
+        gateway_max_inputs=_int(env, "GATEWAY_MAX_INPUTS", defaults.gateway_max_inputs, 1, 10_000),
+        gateway_startup_timeout=_int(env, "GATEWAY_STARTUP_TIMEOUT", defaults.gateway_startup_timeout, 1, 600),
+        gateway_max_body_mb=_int(env, "GATEWAY_MAX_BODY_MB", defaults.gateway_max_body_mb, 1, 10_000),
+    )
+
+
+# Settings baked into the Modal images, so containers read what the deployer chose.
+# Not OLLAMA_HOST (the backend always uses its own loopback Ollama) and never a secret.
+FORWARDED_ENV = (
+    "OLLAMA_GPU", "OLLAMA_VERSION", "OLLAMA_SCALEDOWN", "OLLAMA_TIMEOUT", "OLLAMA_MAX_INPUTS",
+    "OLLAMA_MODEL_LIST", "GATEWAY_PORT", "GATEWAY_MIN_CONTAINERS", "GATEWAY_MAX_INPUTS",
+    "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB",
+)  # fmt: skip
+
+
+def forwarded_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings set in `env` that containers must see too."""
+    env = os.environ if env is None else env
+    return {name: env[name] for name in FORWARDED_ENV if name in env}
+
+
+settings = load_settings()

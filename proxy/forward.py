@@ -1,0 +1,78 @@
+"""Forwarding one client request through a `Backend`, streaming the answer back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from backend.wire import BackendUnavailable, request_frame
+from proxy.errors import error_response, stream_error_tail
+from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.paths import api_family, upstream_path
+from proxy.transport import Backend
+
+log = logging.getLogger(__name__)
+
+
+class Forwarder:
+    """The `/ollama/*` handler: one instance per app, holding the backend and its timeout."""
+
+    def __init__(self, backend: Backend, first_byte_timeout: float) -> None:
+        self.backend = backend
+        self.first_byte_timeout = first_byte_timeout
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        path = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string)
+        if path is None:
+            raise web.HTTPNotFound()
+        family = api_family(path)
+        # Request bodies are bounded by the app's client_max_size; Modal needs the
+        # whole body as a call argument anyway. Response bodies are never buffered.
+        body = await request.read()
+        frames = self.backend.stream(
+            request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
+        )
+        try:
+            return await self._relay(request, frames, family)
+        finally:
+            # Closes the backend stream on every exit, including a client that left
+            # (the handler is cancelled): that is what stops generation upstream.
+            await frames.aclose()
+
+    async def _relay(self, request: web.Request, frames, family: str) -> web.StreamResponse:
+        try:
+            async with asyncio.timeout(self.first_byte_timeout):
+                head = await anext(frames)
+        except BackendUnavailable as exc:
+            return error_response(503, str(exc), family)
+        except TimeoutError:
+            return error_response(504, f"the backend sent nothing within {self.first_byte_timeout:.0f}s", family)
+        except StopAsyncIteration:
+            return error_response(502, "the backend closed the stream without a response", family)
+        except Exception as exc:  # noqa: BLE001 (anything from the transport is a bad gateway)
+            log.exception("backend failed before the response head")
+            return error_response(502, f"the backend failed: {type(exc).__name__}", family)
+
+        response = web.StreamResponse(status=head["status"])
+        for name, value in client_response_headers(head["headers"]):
+            response.headers.add(name, value)
+        # Tell intermediaries such as nginx not to buffer the stream.
+        response.headers["X-Accel-Buffering"] = "no"
+        await response.prepare(request)
+
+        last = b""
+        try:
+            async for chunk in frames:
+                await response.write(chunk)
+                last = chunk[-2:] if len(chunk) >= 2 else last[-1:] + chunk
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise  # the client left; the caller closes the backend stream
+        except Exception as exc:  # noqa: BLE001
+            log.warning("stream from the backend broke: %s", exc)
+            tail = stream_error_tail(response.content_type, f"upstream stream ended early: {exc}", last)
+            if tail:
+                await response.write(tail)
+        await response.write_eof()
+        return response

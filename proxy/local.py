@@ -1,0 +1,53 @@
+"""Local mode: find (or start) an Ollama on this machine for the in-process backend."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from backend.ollama_server import OllamaServer, OllamaStartError, is_up
+from backend.relay import OllamaRelay
+from proxy.transport import Backend, InProcessBackend, UnavailableBackend
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+@dataclass
+class LocalOllama:
+    backend: Backend
+    description: str  # for the start-up banner
+    server: OllamaServer | None = None  # set when we started `ollama serve` ourselves
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+def find_ollama(base_url: str, ready_timeout: float = 60.0, which=shutil.which) -> LocalOllama:
+    """Use the Ollama at `base_url`; else start `ollama serve` there; else explain."""
+    if is_up(base_url):
+        return LocalOllama(InProcessBackend(OllamaRelay(base_url)), f"using the Ollama already running at {base_url}")
+    binary = which("ollama")
+    host = urlsplit(base_url).hostname or ""
+    if binary and host in LOOPBACK_HOSTS:
+        server = OllamaServer(base_url, binary=binary)
+        server.start()
+        try:
+            waited = server.wait_ready(ready_timeout)
+        except OllamaStartError as exc:
+            server.stop()
+            return LocalOllama(UnavailableBackend(f"{exc}. Run `ollama serve` yourself to see why."), f"could not start {binary}: {exc}")
+        return LocalOllama(
+            InProcessBackend(OllamaRelay(base_url)), f"started `{binary} serve` at {base_url} ({waited:.1f}s); it stops with the gateway", server
+        )
+    message = (
+        f"No Ollama answers at {base_url}"
+        + ("" if binary else " and `ollama` is not on PATH")
+        + ". Install Ollama from https://ollama.com/download and run `ollama serve`,"
+        " or set OLLAMA_HOST to the host:port of a running Ollama."
+    )
+    return LocalOllama(UnavailableBackend(message), message)

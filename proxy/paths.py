@@ -1,0 +1,38 @@
+"""Path rules: which gateway paths are forwarded, and where they land on Ollama."""
+
+from __future__ import annotations
+
+PREFIX = "/ollama"
+
+
+def upstream_path(raw_path: str, raw_query: str = "") -> str | None:
+    """Map a gateway path (still percent-encoded) to an origin-form path on Ollama.
+
+    `/ollama/api/tags` -> `/api/tags`; `/ollama` and `/ollama/` -> `/`. Returns None for
+    paths outside the prefix (`/ollamax`). The result always starts with exactly one
+    `/` and holds no dot segments, so no upstream can read it as another host
+    (`//host/x`) or climb out of its root; the query string is kept as sent.
+    """
+    if raw_path != PREFIX and not raw_path.startswith(PREFIX + "/"):
+        return None
+    segments: list[str] = []
+    for segment in raw_path[len(PREFIX) :].split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    path = "/" + "/".join(segments)
+    if raw_path.endswith("/") and segments:
+        path += "/"
+    return f"{path}?{raw_query}" if raw_query else path
+
+
+def api_family(path: str) -> str:
+    """`openai` for Ollama's OpenAI-compatible routes, `ollama` for the rest.
+
+    Decides the shape of errors the gateway writes itself.
+    """
+    return "openai" if path == "/v1" or path.startswith("/v1/") else "ollama"

@@ -1,0 +1,46 @@
+"""Serving the gateway app: in a background thread (Modal) or in the foreground (local)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+from aiohttp import web
+
+# Cancel a handler when its client disconnects: that is how "stop" reaches Ollama
+# even while no chunk is flowing.
+RUNNER_OPTIONS = {"handler_cancellation": True, "access_log": None}
+
+
+def serve_in_thread(make_app: Callable[[], web.Application], host: str, port: int, ready_timeout: float = 30.0) -> threading.Thread:
+    """Run the app on its own event loop in a daemon thread; return once it listens.
+
+    Modal's `@modal.web_server` wants a function that starts a server and returns;
+    a thread of the same process (not a subprocess) can still call Modal objects.
+    """
+    ready = threading.Event()
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        runner = web.AppRunner(make_app(), **RUNNER_OPTIONS)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        ready.set()
+        await asyncio.Event().wait()  # serve until the process ends
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported to the starting thread below
+            failure.append(exc)
+        finally:
+            ready.set()
+
+    thread = threading.Thread(target=run, name="gateway", daemon=True)
+    thread.start()
+    if not ready.wait(ready_timeout):
+        raise RuntimeError(f"gateway did not start listening on {host}:{port} within {ready_timeout}s")
+    if failure:
+        raise RuntimeError(f"gateway failed to start on {host}:{port}") from failure[0]
+    return thread

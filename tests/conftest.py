@@ -1,0 +1,76 @@
+"""Shared fixtures: a stand-in Ollama and the gateway in front of it, on loopback."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from backend.relay import OllamaRelay
+from config import Settings
+from proxy.app import create_app
+from proxy.server import RUNNER_OPTIONS
+from proxy.transport import Backend, InProcessBackend
+from tests.ollama_standin import StandinState, create_standin
+
+
+class Served:
+    """An aiohttp app listening on a free loopback port."""
+
+    def __init__(self, runner: web.AppRunner, url: str) -> None:
+        self.runner = runner
+        self.url = url
+
+
+async def serve(app: web.Application) -> Served:
+    runner = web.AppRunner(app, **RUNNER_OPTIONS)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return Served(runner, f"http://127.0.0.1:{port}")
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[tuple[str, StandinState]]:
+    """(url, state) of a running Ollama stand-in."""
+    state = StandinState()
+    served = await serve(create_standin(state))
+    yield served.url, state
+    await served.runner.cleanup()
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings()
+
+
+@pytest.fixture
+async def start_gateway(settings: Settings) -> AsyncIterator[Callable]:
+    """Start a gateway in front of any backend; all are stopped at teardown."""
+    started: list[Served] = []
+
+    async def start(backend: Backend, **overrides) -> str:
+        served = await serve(create_app(backend, dataclasses.replace(settings, **overrides)))
+        started.append(served)
+        return served.url
+
+    yield start
+    for served in started:
+        await served.runner.cleanup()
+
+
+@pytest.fixture
+async def gateway(standin, start_gateway) -> str:
+    """URL of a gateway whose in-process backend relays to the stand-in."""
+    url, _ = standin
+    return await start_gateway(InProcessBackend(OllamaRelay(url)))
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session

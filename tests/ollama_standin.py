@@ -1,0 +1,404 @@
+"""An Ollama stand-in that speaks Ollama's wire format (see shared/ollama-wire.md).
+
+Used by the tests and the benchmark in place of a real Ollama: same routes, status
+codes, content types, NDJSON and SSE framing, Origin and Host checks, and generation
+that stops when the client goes away. It records what it saw so tests can assert on
+what reached "Ollama".
+
+Run alone: `python -m tests.ollama_standin --port 11434` (or via a fake `ollama serve`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+VERSION = "0.30.3-standin"
+REPLY = "The sky is blue because air scatters short blue wavelengths of sunlight more than red ones."
+ALLOWED_ORIGIN_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0")
+ALLOWED_ORIGIN_SCHEMES = ("app:", "file:", "tauri:", "vscode-webview:")
+
+
+def tokens(n: int) -> list[str]:
+    words = REPLY.split(" ")
+    return [(" " if i else "") + words[i % len(words)] for i in range(n)]
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str  # with the query string, as received
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class StandinState:
+    models: list[str] = field(default_factory=lambda: ["llama3.2:latest", "glm-4.7-flash:q8_0"])
+    token_count: int = 8
+    token_delay: float = 0.0  # seconds between streamed lines
+    first_token_delay: float = 0.0  # "model load" before any header is sent
+    gate: asyncio.Queue | None = None  # when set, each line after the first waits for a permit
+    die_after: int | None = None  # drop the connection after this many streamed lines
+    fail_pull: set[str] = field(default_factory=set)
+    seen: list[Seen] = field(default_factory=list)
+    streams_started: int = 0
+    streams_finished: int = 0
+    streams_cancelled: int = 0
+    cancel_times: list[float] = field(default_factory=list)
+    active: int = 0
+
+
+STATE_KEY = web.AppKey("state", StandinState)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _openai_error(status: int, message: str, kind: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status)
+
+
+def _origin_allowed(origin: str) -> bool:
+    if origin.startswith(ALLOWED_ORIGIN_SCHEMES):
+        return True
+    host = origin.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+    return host in ALLOWED_ORIGIN_HOSTS
+
+
+def _host_allowed(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") else host[1:].split("]")[0]
+    return name in ("localhost", "127.0.0.1", "::1") or name.endswith((".local", ".internal"))
+
+
+@web.middleware
+async def record_and_check(request: web.Request, handler):
+    state = request.app[STATE_KEY]
+    body = await request.read()
+    state.seen.append(Seen(request.method, request.raw_path, dict(request.headers), body))
+    if "Origin" in request.headers and not _origin_allowed(request.headers["Origin"]):
+        return web.Response(status=403)  # Ollama: 403 with an empty body
+    if not _host_allowed(request.headers.get("Host", "")):
+        return web.Response(status=403)
+    return await handler(request)
+
+
+async def _json_body(request: web.Request) -> dict | web.Response:
+    raw = await request.read()
+    if not raw:
+        return _error(400, "missing request body")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return _error(400, f"invalid character in request body: {exc}")
+    if not isinstance(body, dict):
+        return _error(400, "invalid request body")
+    return body
+
+
+def _model_of(body: dict) -> str:
+    return body.get("model") or body.get("name") or ""
+
+
+def _canonical(name: str) -> str:
+    return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
+
+
+def _known(state: StandinState, model: str) -> bool:
+    return _canonical(model) in state.models
+
+
+def _model_entry(name: str) -> dict:
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": "2026-11-01T10:00:00.000000000Z",
+        "size": 2019393189,
+        "digest": digest,
+        "details": {"format": "gguf", "family": "llama", "parameter_size": "3.2B", "quantization_level": "Q4_K_M"},
+    }
+
+
+async def _stream_lines(request: web.Request, lines, content_type: str, sse: bool = False) -> web.StreamResponse:
+    """Write each line as its own chunk, flushed, honouring the test controls."""
+    state = request.app[STATE_KEY]
+    state.streams_started += 1
+    state.active += 1
+    response = web.StreamResponse(status=200, headers={"Content-Type": content_type})
+    try:
+        await response.prepare(request)
+        for i, line in enumerate(lines):
+            if i:
+                if state.gate is not None:
+                    await state.gate.get()
+                if state.token_delay:
+                    await asyncio.sleep(state.token_delay)
+            if state.die_after is not None and i >= state.die_after:
+                request.transport.close()  # Ollama crashed
+                return response
+            data = f"data: {json.dumps(line)}\n\n" if sse and not isinstance(line, str) else line
+            if isinstance(data, dict):
+                data = json.dumps(data) + "\n"
+            await response.write(data.encode())
+        await response.write_eof()
+        state.streams_finished += 1
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        # The client went away: Ollama cancels the generation on the request context.
+        state.streams_cancelled += 1
+        state.cancel_times.append(time.monotonic())
+        raise
+    finally:
+        state.active -= 1
+
+
+def _durations(count: int) -> dict:
+    return {
+        "total_duration": 1_200_000_000,
+        "load_duration": 50_000_000,
+        "prompt_eval_count": 12,
+        "prompt_eval_duration": 40_000_000,
+        "eval_count": count,
+        "eval_duration": 1_000_000_000,
+    }
+
+
+async def generate_or_chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    chat = request.path == "/api/chat"
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    model = _model_of(body)
+    if not model:
+        return _error(400, "model is required")
+    if not _known(state, model):
+        return _error(404, f"model '{model}' not found")
+    if state.first_token_delay:
+        await asyncio.sleep(state.first_token_delay)
+    count = int(body.get("options", {}).get("num_predict", state.token_count))
+    empty = not body.get("messages") if chat else not body.get("prompt")
+    parts = [] if empty else tokens(count)
+    created = "2026-11-27T10:00:00.000000000Z"
+
+    def piece(text: str) -> dict:
+        if chat:
+            return {"model": model, "created_at": created, "message": {"role": "assistant", "content": text}, "done": False}
+        return {"model": model, "created_at": created, "response": text, "done": False}
+
+    final = {**piece(""), "done": True, "done_reason": "load" if empty else "stop", **_durations(len(parts))}
+    if not chat:
+        final["context"] = [1, 2, 3]
+    if body.get("stream") is False:
+        text = "".join(parts)
+        single = {**final, **({"message": {"role": "assistant", "content": text}} if chat else {"response": text})}
+        return web.Response(body=json.dumps(single).encode(), content_type="application/json", charset="utf-8")
+    lines = [piece(p) for p in parts] + [final]
+    return await _stream_lines(request, lines, "application/x-ndjson")
+
+
+async def pull(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    model = _model_of(body)
+    if not model:
+        return _error(400, "model is required")
+    digest = "sha256:" + hashlib.sha256(model.encode()).hexdigest()
+    total = 4_000_000
+    if model in state.fail_pull:
+        lines = [{"status": "pulling manifest"}, {"error": f"pull model manifest: file does not exist: {model}"}]
+    else:
+        lines = [{"status": "pulling manifest"}]
+        lines += [{"status": f"pulling {digest[7:19]}", "digest": digest, "total": total, "completed": c} for c in range(0, total + 1, total // 4)]
+        lines += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+        if not _known(state, model):
+            state.models.append(_canonical(model))
+    if body.get("stream") is False:
+        last = lines[-1]
+        return web.json_response(last, status=500 if "error" in last else 200)
+    return await _stream_lines(request, lines, "application/x-ndjson")
+
+
+async def delete(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    model = _model_of(body)
+    if not model:
+        return _error(400, "model is required")
+    if not _known(state, model):
+        return _error(404, f"model '{model}' not found")
+    state.models.remove(_canonical(model))
+    return web.Response(status=200)
+
+
+async def copy(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    if not _known(state, body.get("source", "")):
+        return _error(404, f"model '{body.get('source', '')}' not found")
+    state.models.append(_canonical(body["destination"]))
+    return web.Response(status=200)
+
+
+async def show(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    model = _model_of(body)
+    if not _known(state, model):
+        return _error(404, f"model '{model}' not found")
+    entry = _model_entry(_canonical(model))
+    return web.json_response(
+        {
+            "modelfile": f"FROM {model}",
+            "parameters": "stop <|eot_id|>",
+            "template": "{{ .Prompt }}",
+            "details": entry["details"],
+            "model_info": {"general.architecture": "llama"},
+            "capabilities": ["completion"],
+            "modified_at": entry["modified_at"],
+        }
+    )
+
+
+async def embed(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    model = _model_of(body)
+    if not _known(state, model):
+        return _error(404, f"model '{model}' not found")
+    inputs = body.get("input", body.get("prompt", ""))
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    vectors = [[round(len(text) / 10, 3), 0.5, -0.25] for text in inputs]
+    if request.path == "/api/embeddings":
+        return web.json_response({"embedding": vectors[0]})
+    return web.json_response({"model": model, "embeddings": vectors, "total_duration": 1000, "load_duration": 10, "prompt_eval_count": 3})
+
+
+async def tags(request: web.Request) -> web.Response:
+    return web.json_response({"models": [_model_entry(m) for m in request.app[STATE_KEY].models]})
+
+
+async def ps(request: web.Request) -> web.Response:
+    models = [{**_model_entry(m), "expires_at": "2026-11-27T11:00:00Z", "size_vram": 2019393189} for m in request.app[STATE_KEY].models[:1]]
+    return web.json_response({"models": models})
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": VERSION})
+
+
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Ollama is running")
+
+
+async def openai_chat(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return _openai_error(400, json.loads(body.body)["error"], "invalid_request_error")
+    model = _model_of(body)
+    if not _known(state, model):
+        return _openai_error(404, f"model '{model}' not found", "not_found_error")
+    parts = tokens(int(body.get("max_tokens") or state.token_count))
+    base = {"id": "chatcmpl-123", "created": 1764237600, "model": model, "system_fingerprint": "fp_ollama"}
+    usage = {"prompt_tokens": 12, "completion_tokens": len(parts), "total_tokens": 12 + len(parts)}
+    if not body.get("stream"):
+        message = {"role": "assistant", "content": "".join(parts)}
+        return web.json_response(
+            {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
+        )
+
+    def chunk(delta: dict, finish: str | None) -> dict:
+        return {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    events = [chunk({"role": "assistant", "content": p}, None) for p in parts] + [chunk({"role": "assistant", "content": ""}, "stop")]
+    if (body.get("stream_options") or {}).get("include_usage"):
+        events.append({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
+    return await _stream_lines(request, events + ["data: [DONE]\n\n"], "text/event-stream", sse=True)
+
+
+async def openai_embeddings(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return _openai_error(400, "invalid request body", "invalid_request_error")
+    model = _model_of(body)
+    if not _known(state, model):
+        return _openai_error(404, f"model '{model}' not found", "not_found_error")
+    inputs = body.get("input", "")
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    data = [{"object": "embedding", "embedding": [round(len(t) / 10, 3), 0.5, -0.25], "index": i} for i, t in enumerate(inputs)]
+    return web.json_response({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+
+
+def _openai_model(name: str) -> dict:
+    return {"id": name, "object": "model", "created": 1761991200, "owned_by": "library"}
+
+
+async def openai_models(request: web.Request) -> web.Response:
+    return web.json_response({"object": "list", "data": [_openai_model(m) for m in request.app[STATE_KEY].models]})
+
+
+async def openai_model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    if not _known(request.app[STATE_KEY], name):
+        return _openai_error(404, f"model '{name}' not found", "not_found_error")
+    return web.json_response(_openai_model(name))
+
+
+def create_standin(state: StandinState | None = None) -> web.Application:
+    app = web.Application(middlewares=[record_and_check], client_max_size=1024**3)
+    app[STATE_KEY] = state or StandinState()
+    r = app.router
+    r.add_get("/", root)
+    r.add_get("/api/version", version)
+    r.add_get("/api/tags", tags)
+    r.add_get("/api/ps", ps)
+    r.add_post("/api/show", show)
+    r.add_post("/api/generate", generate_or_chat)
+    r.add_post("/api/chat", generate_or_chat)
+    r.add_post("/api/embed", embed)
+    r.add_post("/api/embeddings", embed)
+    r.add_post("/api/pull", pull)
+    r.add_post("/api/copy", copy)
+    r.add_delete("/api/delete", delete)
+    r.add_post("/v1/chat/completions", openai_chat)
+    r.add_post("/v1/embeddings", openai_embeddings)
+    r.add_get("/v1/models", openai_models)
+    r.add_get("/v1/models/{model:.+}", openai_model)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Ollama stand-in")
+    host, _, port = os.environ.get("OLLAMA_HOST", "127.0.0.1:11434").rpartition(":")
+    parser.add_argument("--host", default=host or "127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(port or 11434))
+    parser.add_argument("--token-delay", type=float, default=0.0)
+    parser.add_argument("--tokens", type=int, default=8)
+    args = parser.parse_args()
+    state = StandinState(token_delay=args.token_delay, token_count=args.tokens)
+    web.run_app(create_standin(state), host=args.host, port=args.port, handler_cancellation=True, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The gateway forwards /ollama/* to Ollama: streaming, bytes, statuses, methods, paths."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from backend.relay import OllamaRelay
+from proxy.transport import InProcessBackend
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
+
+
+async def direct_and_proxied(http, standin_url, gateway_url, method, path, **kwargs):
+    """The same request sent straight to the stand-in and through the gateway."""
+    results = []
+    for url in (standin_url + path, gateway_url + "/ollama" + path):
+        async with http.request(method, url, **kwargs) as response:
+            results.append((response.status, response.headers, await response.read()))
+    return results
+
+
+async def test_stream_arrives_line_by_line_while_upstream_waits_for_the_client(standin, gateway, http):
+    # The stand-in sends line i+1 only after the test has received line i through the
+    # gateway. A proxy that buffered anything would deadlock here (and time out).
+    _, state = standin
+    state.gate = asyncio.Queue()
+    received = []
+    async with http.post(gateway + "/ollama/api/chat", json=CHAT) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        while True:
+            line = await asyncio.wait_for(response.content.readline(), timeout=5)
+            if not line:
+                break
+            received.append(json.loads(line))
+            state.gate.put_nowait(True)
+    assert [m["done"] for m in received] == [False] * 8 + [True]
+    assert "".join(m["message"]["content"] for m in received).startswith("The sky is blue")
+    assert received[-1]["done_reason"] == "stop" and received[-1]["eval_count"] == 8
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/chat", CHAT),  # NDJSON stream (the default)
+        ("POST", "/api/generate", {"model": "llama3.2", "prompt": "hi"}),
+        ("POST", "/api/chat", {**CHAT, "stream": False}),  # one JSON object
+        ("POST", "/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}}),  # SSE
+        ("POST", "/v1/chat/completions", CHAT),
+        ("GET", "/api/tags", None),
+        ("GET", "/v1/models", None),
+        ("POST", "/api/embed", {"model": "llama3.2", "input": ["a", "bc"]}),
+        ("GET", "/", None),
+    ],
+)
+async def test_bodies_and_content_types_are_identical_to_going_direct(standin, gateway, http, method, path, body):
+    url, _ = standin
+    (s1, h1, b1), (s2, h2, b2) = await direct_and_proxied(http, url, gateway, method, path, json=body)
+    assert b2 == b1 and len(b1) > 0
+    assert s2 == s1 == 200
+    assert h2["Content-Type"] == h1["Content-Type"]
+
+
+async def test_sse_stream_ends_with_done_and_is_byte_identical(standin, gateway, http):
+    url, _ = standin
+    body = {**CHAT, "stream": True}
+    (_, _, direct), (_, headers, proxied) = await direct_and_proxied(http, url, gateway, "POST", "/v1/chat/completions", json=body)
+    assert headers["Content-Type"] == "text/event-stream"
+    assert proxied == direct
+    assert proxied.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/api/chat", {"model": "no-such-model", "messages": []}, 404),
+        ("POST", "/api/chat", {"messages": []}, 400),
+        ("POST", "/api/generate", b"{not json", 400),
+        ("GET", "/api/chat", None, 405),  # known path, wrong method
+        ("GET", "/api/nothing-here", None, 404),
+        ("POST", "/v1/chat/completions", {"model": "no-such-model", "messages": []}, 404),
+        ("DELETE", "/api/delete", {"model": "no-such-model"}, 404),
+    ],
+)
+async def test_statuses_and_error_bodies_pass_through_unchanged(standin, gateway, http, method, path, body, status):
+    url, _ = standin
+    kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+    (s1, _, b1), (s2, _, b2) = await direct_and_proxied(http, url, gateway, method, path, **kwargs)
+    assert s1 == s2 == status
+    assert b2 == b1
+
+
+async def test_delete_body_reaches_ollama(standin, gateway, http):
+    _, state = standin
+    async with http.delete(gateway + "/ollama/api/delete", json={"model": "llama3.2"}) as response:
+        assert response.status == 200
+        assert await response.read() == b""
+    seen = state.seen[-1]
+    assert (seen.method, seen.path) == ("DELETE", "/api/delete")
+    assert json.loads(seen.body) == {"model": "llama3.2"}
+    assert "llama3.2:latest" not in state.models
+
+
+@pytest.mark.parametrize("path", ["/", "/api/version", "/api/tags"])
+async def test_head_returns_headers_and_no_body(standin, gateway, http, path):
+    _, state = standin
+    async with http.head(gateway + "/ollama" + path) as response:
+        assert response.status == 200
+        assert await response.read() == b""
+    assert (state.seen[-1].method, state.seen[-1].path) == ("HEAD", path)
+
+
+@pytest.mark.parametrize(
+    ("gateway_path", "upstream_path"),
+    [
+        ("/ollama", "/"),
+        ("/ollama/", "/"),
+        ("/ollama/api/tags?verbose=1&x=%20y", "/api/tags?verbose=1&x=%20y"),
+        ("/ollama//evil.example/api/tags", "/evil.example/api/tags"),
+        ("/ollama/api/../api/tags", "/api/tags"),
+        ("/ollama/api/%2e%2e/api/tags", "/api/%2e%2e/api/tags"),
+        ("/ollama/http://evil.example/api/tags", "/http:/evil.example/api/tags"),
+    ],
+)
+async def test_paths_land_on_the_backends_own_ollama(standin, gateway, gateway_path, upstream_path):
+    url, state = standin
+    # Raw socket: HTTP clients would normalise these paths before sending.
+    host, port = url.removeprefix("http://").split(":")
+    gw_host, gw_port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(gw_host, int(gw_port))
+    writer.write(f"GET {gateway_path} HTTP/1.1\r\nHost: public.example\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 ")
+    assert state.seen[-1].path == upstream_path
+    # Ollama saw its own address as Host, never the public one.
+    assert state.seen[-1].headers["Host"] == f"{host}:{port}"
+
+
+async def test_paths_outside_the_prefix_are_not_forwarded(standin, gateway, http):
+    _, state = standin
+    async with http.get(gateway + "/ollamax/api/tags") as response:
+        assert response.status == 404
+        assert await response.json() == {"error": "Not Found"}
+    assert state.seen == []
+
+
+async def test_request_headers_are_forwarded_except_hop_by_hop_host_and_origin(standin, gateway, http):
+    _, state = standin
+    headers = {
+        "X-Custom": "kept",
+        "User-Agent": "ollama-python/0.6.3",
+        "Connection": "keep-alive, X-Drop-Me",
+        "X-Drop-Me": "hop-by-hop via Connection",
+        "Keep-Alive": "timeout=5",
+        "Origin": "https://chat.example",
+        "Authorization": "Bearer secret",
+    }
+    async with http.post(gateway + "/ollama/api/chat", json={**CHAT, "stream": False}, headers=headers) as response:
+        assert response.status == 200  # Ollama would answer 403 to the forwarded Origin
+    seen = {k.lower(): v for k, v in state.seen[-1].headers.items()}
+    assert seen["x-custom"] == "kept" and seen["user-agent"] == "ollama-python/0.6.3"
+    for name in ("x-drop-me", "keep-alive", "origin", "authorization"):
+        assert name not in seen
+
+
+async def test_response_headers_come_back_without_hop_by_hop(standin, gateway, http):
+    async with http.post(gateway + "/ollama/api/chat", json=CHAT) as response:
+        await response.read()
+        assert response.headers["Transfer-Encoding"] == "chunked"  # framed by the gateway itself
+        assert "Content-Length" not in response.headers
+        assert response.headers["X-Accel-Buffering"] == "no"
+
+
+async def test_large_request_body_reaches_ollama_intact(standin, gateway, http):
+    _, state = standin
+    image = "A" * (5 * 1024 * 1024)  # a chat image, base64
+    body = {**CHAT, "stream": False, "messages": [{"role": "user", "content": "?", "images": [image]}]}
+    async with http.post(gateway + "/ollama/api/chat", json=body) as response:
+        assert response.status == 200
+    assert json.loads(state.seen[-1].body)["messages"][0]["images"][0] == image
+
+
+async def test_one_upstream_pool_serves_many_requests(standin, start_gateway, http):
+    url, _ = standin
+    relay = OllamaRelay(url)
+    gateway = await start_gateway(InProcessBackend(relay))
+    results = await asyncio.gather(*(http.get(gateway + "/ollama/api/tags") for _ in range(20)))
+    assert {r.status for r in results} == {200}
+    session = relay._session
+    for _ in range(3):
+        async with http.get(gateway + "/ollama/api/version") as response:
+            assert response.status == 200
+    assert relay._session is session  # the same pool, never one per request
+
+
+async def test_gateway_forwards_to_unreachable_ollama_as_503_json(start_gateway, http):
+    gateway = await start_gateway(InProcessBackend(OllamaRelay("http://127.0.0.1:9")))
+    async with http.post(gateway + "/ollama/api/chat", json=CHAT) as response:
+        assert response.status == 503
+        assert response.content_type == "application/json"
+        assert "not reachable" in (await response.json())["error"]
+    async with http.post(gateway + "/ollama/v1/chat/completions", json=CHAT) as response:
+        assert response.status == 503
+        error = (await response.json())["error"]
+        assert error["type"] == "api_error" and "not reachable" in error["message"]
