@@ -209,3 +209,28 @@ async def test_gateway_forwards_to_unreachable_ollama_as_503_json(start_gateway,
         assert response.status == 503
         error = (await response.json())["error"]
         assert error["type"] == "api_error" and "not reachable" in error["message"]
+
+
+async def test_ollama_dying_mid_stream_ends_ndjson_with_an_error_line(standin, gateway, http):
+    _, state = standin
+    state.die_after, state.token_delay = 3, 0.01
+    async with http.post(gateway + "/ollama/api/chat", json=CHAT) as response:
+        assert response.status == 200
+        body = await asyncio.wait_for(response.read(), 5)
+    lines = [json.loads(line) for line in body.splitlines()]
+    assert [line.get("done") for line in lines[:3]] == [False] * 3
+    assert set(lines[3]) == {"error"} and "ended early" in lines[3]["error"]
+    assert len(lines) == 4
+
+
+async def test_ollama_dying_mid_stream_ends_sse_with_an_error_event(standin, gateway, http):
+    _, state = standin
+    state.die_after, state.token_delay = 2, 0.01
+    async with http.post(gateway + "/ollama/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        body = await asyncio.wait_for(response.read(), 5)
+    events = body.decode().split("\n\n")
+    assert events[-1] == ""
+    assert all(e.startswith("data: {") for e in events[:-1])
+    last = json.loads(events[-2].removeprefix("data: "))
+    assert last["error"]["type"] == "api_error" and "ended early" in last["error"]["message"]
+    assert len(events) == 4

@@ -1,0 +1,109 @@
+"""The gateway app itself: health, its own errors, methods, body limits."""
+
+from __future__ import annotations
+
+import asyncio
+
+from backend.wire import head_frame
+
+
+class RecordingBackend:
+    """A backend that records each call and answers 200 with a fixed body."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    async def stream(self, request):
+        self.calls.append(request)
+        yield head_frame(200, [("Content-Type", "application/json")])
+        yield b"{}"
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_health_answers_without_touching_the_backend(start_gateway, http):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend)
+    for _ in range(3):
+        async with http.get(gateway + "/health") as response:
+            assert response.status == 200
+            body = await response.json()
+            assert body["status"] == "ok"
+    assert backend.calls == []
+    async with http.get(gateway + "/ollama/api/tags") as response:
+        assert response.status == 200
+    assert len(backend.calls) == 1  # the same backend is reached for /ollama/*
+
+
+async def test_health_is_instant_even_while_the_backend_hangs(start_gateway, http):
+    class HangingBackend(RecordingBackend):
+        async def stream(self, request):
+            self.calls.append(request)
+            await asyncio.Event().wait()
+            yield b""
+
+    backend = HangingBackend()
+    gateway = await start_gateway(backend)
+    hung = asyncio.ensure_future(http.post(gateway + "/ollama/api/chat", json={"model": "m"}))
+    await asyncio.sleep(0.1)
+    async with http.get(gateway + "/health") as response:
+        assert response.status == 200
+    assert len(backend.calls) == 1
+    hung.cancel()
+
+
+async def test_unknown_gateway_path_is_json_404(start_gateway, http):
+    gateway = await start_gateway(RecordingBackend())
+    async with http.get(gateway + "/nope") as response:
+        assert response.status == 404
+        assert response.content_type == "application/json"
+        assert await response.json() == {"error": "Not Found"}
+
+
+async def test_other_methods_get_json_405_with_allow(start_gateway, http):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend)
+    for method in ("PUT", "PATCH", "TRACE"):
+        async with http.request(method, gateway + "/ollama/api/tags") as response:
+            assert response.status == 405
+            assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD", "POST", "DELETE"}
+            assert "error" in await response.json()
+    async with http.put(gateway + "/ollama/v1/models") as response:
+        assert (await response.json())["error"]["type"] == "invalid_request_error"  # OpenAI's shape on /v1
+    assert backend.calls == []
+
+
+async def test_body_over_the_limit_is_413_json_before_the_backend(start_gateway, http):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_max_body_mb=1)
+    async with http.post(gateway + "/ollama/api/chat", data=b"x" * (1024 * 1024 + 1)) as response:
+        assert response.status == 413
+        assert "error" in await response.json()
+    assert backend.calls == []
+
+
+async def test_backend_failure_before_the_head_is_502_json(start_gateway, http):
+    class BrokenBackend(RecordingBackend):
+        async def stream(self, request):
+            raise RuntimeError("container crashed\nTraceback (most recent call last): ...")
+            yield b""
+
+    gateway = await start_gateway(BrokenBackend())
+    async with http.post(gateway + "/ollama/api/chat", json={"model": "m"}) as response:
+        assert response.status == 502
+        body = await response.json()
+        assert body == {"error": "the backend failed: RuntimeError"}  # no traceback leaks
+
+
+async def test_no_first_byte_within_the_timeout_is_504_json(start_gateway, http):
+    class SlowBackend(RecordingBackend):
+        async def stream(self, request):
+            await asyncio.sleep(30)
+            yield head_frame(200, [])
+
+    gateway = await start_gateway(SlowBackend(), ollama_timeout=0.2)
+    async with http.post(gateway + "/ollama/v1/chat/completions", json={"model": "m"}) as response:
+        assert response.status == 504
+        error = (await response.json())["error"]
+        assert error["type"] == "api_error" and "nothing within" in error["message"]

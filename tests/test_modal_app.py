@@ -1,0 +1,97 @@
+"""app.py's Modal wiring, read offline with `.info()` (no account, no network)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.fake_ollama import REPO, env_with_path
+
+READ_WIRING = """
+import json, app, config
+g = app.gateway.info()
+b = app.OllamaBackend().proxy.info()
+print(json.dumps({
+    "app_name": app.app.name,
+    "gateway": {"gpus": g.gpus, "timeout": g.timeout, "max_inputs": g.concurrency_info.max_inputs,
+                "web": g.web_info is not None, "unauthenticated": g.web_info.unauthenticated if g.web_info else None,
+                "volumes": sorted(g.volumes), "min_containers": config.settings.gateway_min_containers},
+    "backend": {"gpus": b.gpus, "timeout": b.timeout, "max_inputs": b.concurrency_info.max_inputs,
+                "retries": b.max_retries, "methods": b.method_names, "web": b.web_info is not None,
+                "volumes": {path: m.name for path, m in b.volumes.items()},
+                "scaledown": config.settings.ollama_scaledown, "models": list(config.settings.ollama_model_list)},
+    "image_env": app.settings_env,
+}))
+"""
+
+
+def read_wiring(**env: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", READ_WIRING], cwd=REPO, env=env_with_path(None, **env), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_default_wiring():
+    wiring = read_wiring()
+    assert wiring["app_name"] == "personal-model-garden"
+    gateway, backend = wiring["gateway"], wiring["backend"]
+    # The gateway: CPU only, always warm, many streams per container, a web server.
+    assert gateway["gpus"] == [] and gateway["volumes"] == []
+    assert gateway["min_containers"] == 1
+    assert gateway["max_inputs"] == 1000
+    assert gateway["web"] is True and gateway["unauthenticated"] is True
+    assert gateway["timeout"] >= backend["timeout"]
+    # The backend: the GPU, the models volume, concurrent inputs, no retries, not on the web.
+    assert backend["gpus"] == [["A100-40GB", 1]]
+    assert backend["timeout"] == 1800
+    assert backend["max_inputs"] == 8
+    assert backend["volumes"] == {"/ollama-models": "ollama-models"}
+    assert backend["retries"] is None
+    assert backend["methods"] == ["proxy"]
+    assert backend["web"] is False
+    assert backend["scaledown"] == 300
+    assert backend["models"] == ["glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M"]
+    assert wiring["image_env"] == {}
+
+
+def test_overridden_wiring():
+    wiring = read_wiring(
+        OLLAMA_GPU="H100:2",
+        OLLAMA_TIMEOUT="7200",
+        OLLAMA_MAX_INPUTS="16",
+        OLLAMA_SCALEDOWN="60",
+        OLLAMA_MODEL_LIST="qwen3:0.6b, llama3.2",
+        GATEWAY_MIN_CONTAINERS="2",
+        GATEWAY_MAX_INPUTS="250",
+    )
+    gateway, backend = wiring["gateway"], wiring["backend"]
+    assert backend["gpus"] == [["H100", 2]]
+    assert backend["timeout"] == 7200 and gateway["timeout"] >= 7200
+    assert backend["max_inputs"] == 16
+    assert backend["scaledown"] == 60
+    assert backend["models"] == ["qwen3:0.6b", "llama3.2"]
+    assert gateway["max_inputs"] == 250 and gateway["min_containers"] == 2
+    # The same choices are baked into the images, so containers read them too.
+    assert wiring["image_env"]["OLLAMA_GPU"] == "H100:2"
+    assert wiring["image_env"]["OLLAMA_MODEL_LIST"] == "qwen3:0.6b, llama3.2"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("OLLAMA_GPU", "", "OLLAMA_GPU is empty"),
+        ("OLLAMA_SCALEDOWN", "1", "OLLAMA_SCALEDOWN='1': expected a whole number from 2 to 3600"),
+        ("OLLAMA_TIMEOUT", "abc", "OLLAMA_TIMEOUT='abc'"),
+    ],
+)
+def test_a_bad_setting_fails_at_import_naming_the_variable(name, value, message):
+    result = subprocess.run(
+        [sys.executable, "-c", "import app"], cwd=REPO, env=env_with_path(None, **{name: value}), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "ConfigError" in result.stderr and message in result.stderr

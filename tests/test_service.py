@@ -1,0 +1,96 @@
+"""backend.service: the GPU container's lifecycle, without Modal."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+
+from backend.service import OllamaService, changes_model_store
+from backend.wire import request_frame
+
+
+class AlreadyRunning:
+    """Stands for `ollama serve` when the stand-in is already listening."""
+
+    def __init__(self) -> None:
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def wait_ready(self, timeout: float) -> float:
+        return 0.01
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "changes"),
+    [
+        ("POST", "/api/pull", 200, True),
+        ("DELETE", "/api/delete", 200, True),
+        ("POST", "/api/copy", 200, True),
+        ("POST", "/api/create?x=1", 200, True),
+        ("POST", "/api/pull", 500, False),
+        ("DELETE", "/api/delete", 404, False),
+        ("POST", "/api/chat", 200, False),
+        ("GET", "/api/pull", 200, False),
+    ],
+)
+def test_changes_model_store(method, path, status, changes):
+    assert changes_model_store(method, path, status) is changes
+
+
+async def test_start_pulls_missing_models_commits_once_and_preloads_the_first(standin, caplog):
+    url, state = standin
+    caplog.set_level(logging.INFO)
+    commits = []
+    server = AlreadyRunning()
+    service = OllamaService(url, ("qwen3:0.6b", "llama3.2"), commit=lambda: commits.append(1), server=server)
+    await asyncio.to_thread(service.start)
+    assert server.started and len(commits) == 1
+    paths = [(s.path, json.loads(s.body or b"{}").get("model")) for s in state.seen if s.method == "POST"]
+    assert paths == [("/api/pull", "qwen3:0.6b"), ("/api/generate", "qwen3:0.6b")]
+    assert "volume committed" in caplog.text and "loaded in" in caplog.text
+    service.stop()
+    assert server.stopped
+
+
+async def test_start_with_everything_present_does_not_commit(standin):
+    url, _ = standin
+    commits = []
+    service = OllamaService(url, ("llama3.2",), commit=lambda: commits.append(1), server=AlreadyRunning())
+    await asyncio.to_thread(service.start)
+    assert commits == []
+
+
+async def test_start_survives_a_failed_pull_and_preloads_what_it_has(standin, caplog):
+    url, state = standin
+    state.fail_pull = {"broken:1b"}
+    service = OllamaService(url, ("broken:1b", "llama3.2"), commit=lambda: None, server=AlreadyRunning())
+    await asyncio.to_thread(service.start)
+    assert json.loads(state.seen[-1].body)["model"] == "llama3.2"
+    assert "broken:1b failed to pull" in caplog.text
+
+
+async def test_proxy_commits_after_a_store_change_only(standin):
+    url, _ = standin
+    commits = []
+    service = OllamaService(url, (), commit=lambda: commits.append(1), server=AlreadyRunning())
+
+    async def run(method, path, body):
+        return [f async for f in service.proxy(request_frame(method, path, [], json.dumps(body).encode()))]
+
+    await run("POST", "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]})
+    assert commits == []
+    await run("POST", "/api/pull", {"model": "qwen3:0.6b"})
+    assert commits == [1]
+    await run("DELETE", "/api/delete", {"model": "qwen3:0.6b"})
+    assert commits == [1, 1]
+    await run("DELETE", "/api/delete", {"model": "qwen3:0.6b"})  # 404: nothing changed
+    assert commits == [1, 1]
+    await service.relay.aclose()
