@@ -40,6 +40,9 @@ backend_image = (
 MODELS_DIR = "/ollama-models"
 models_volume = modal.Volume.from_name(settings.models_volume, create_if_missing=True)
 
+# Stop signals from the gateway when a client leaves mid-stream (see backend/cancel.py).
+stop_queue = modal.Queue.from_name(f"{APP_NAME}-stops", create_if_missing=True)
+
 # Inside the GPU container Ollama listens on loopback only; the relay is its one client.
 BACKEND_OLLAMA_URL = "http://127.0.0.1:11434"
 
@@ -75,7 +78,9 @@ class OllamaBackend:
     @modal.method()
     async def proxy(self, request: dict):
         """Yield the response head, then body chunks as Ollama sends them."""
-        async for frame in self.service.proxy(request):
+        from backend.cancel import QueueStopSignals
+
+        async for frame in self.service.proxy(request, stops=QueueStopSignals(stop_queue)):
             yield frame
 
     @modal.exit()
@@ -94,9 +99,10 @@ class OllamaBackend:
 def gateway() -> None:
     from proxy.app import create_app
     from proxy.server import serve_in_thread
-    from proxy.transport import ModalBackend
+    from backend.cancel import QueueStopSignals
+    from proxy.transport import RemoteBackend
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    backend = ModalBackend(OllamaBackend().proxy)
+    backend = RemoteBackend(OllamaBackend().proxy.remote_gen.aio, QueueStopSignals(stop_queue))
     # A thread of this process, not a subprocess, so the server can call OllamaBackend.
     serve_in_thread(lambda: create_app(backend, settings), "0.0.0.0", settings.gateway_port)

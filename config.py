@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 APP_NAME = "personal-model-garden"
 
@@ -61,6 +61,14 @@ def _list(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    origins = _list(env, name, "*") or ("*",)
+    for origin in origins:
+        if origin != "*" and not (origin.startswith(("http://", "https://")) and origin.count("/") == 2):
+            raise ConfigError(f"{name}: {origin!r} is not an origin: expected * or scheme://host[:port], comma-separated")
+    return origins
+
+
 def _gpu(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, default).strip()
     accepted = f"a Modal GPU type ({', '.join(MODAL_GPU_TYPES)}), optionally ':N' for N GPUs"
@@ -101,13 +109,17 @@ class Settings:
     ollama_model_list: tuple[str, ...] = ("glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M")
     ollama_url: str = "http://127.0.0.1:11434"
     models_volume: str = "ollama-models"
-    models_dir: str = "/root/.ollama/models"
     # Gateway (CPU) side.
     gateway_port: int = 8000
     gateway_min_containers: int = 1
     gateway_max_inputs: int = 1000
     gateway_startup_timeout: int = 30
     gateway_max_body_mb: int = 100
+    gateway_api_keys: tuple[str, ...] = field(default=(), repr=False)  # secret: never printed
+    gateway_api_keys_secret: str = ""  # name of a Modal Secret holding GATEWAY_API_KEYS
+    gateway_proxy_auth: bool = False
+    gateway_cors_origins: tuple[str, ...] = ("*",)
+    gateway_read_only: bool = False
 
     @property
     def gateway_timeout(self) -> int:
@@ -135,6 +147,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gateway_max_inputs=_int(env, "GATEWAY_MAX_INPUTS", defaults.gateway_max_inputs, 1, 10_000),
         gateway_startup_timeout=_int(env, "GATEWAY_STARTUP_TIMEOUT", defaults.gateway_startup_timeout, 1, 600),
         gateway_max_body_mb=_int(env, "GATEWAY_MAX_BODY_MB", defaults.gateway_max_body_mb, 1, 10_000),
+        gateway_api_keys=_list(env, "GATEWAY_API_KEYS", ""),
+        gateway_api_keys_secret=env.get("GATEWAY_API_KEYS_SECRET", "").strip(),
+        gateway_proxy_auth=_bool(env, "GATEWAY_PROXY_AUTH", defaults.gateway_proxy_auth),
+        gateway_cors_origins=_origins(env, "GATEWAY_CORS_ORIGINS"),
+        gateway_read_only=_bool(env, "GATEWAY_READ_ONLY", defaults.gateway_read_only),
     )
 
 
@@ -143,7 +160,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 FORWARDED_ENV = (
     "OLLAMA_GPU", "OLLAMA_VERSION", "OLLAMA_SCALEDOWN", "OLLAMA_TIMEOUT", "OLLAMA_MAX_INPUTS",
     "OLLAMA_MODEL_LIST", "GATEWAY_PORT", "GATEWAY_MIN_CONTAINERS", "GATEWAY_MAX_INPUTS",
-    "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB",
+    "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
+    "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY",
 )  # fmt: skip
 
 

@@ -12,18 +12,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from backend import ollama_server
+from backend.cancel import StopSignals, until_stopped
 from backend.relay import OllamaRelay
+from backend.routes import writes_model_store
 from backend.wire import Frame, RequestFrame
 
 log = logging.getLogger(__name__)
 
-# Requests after which the model store on disk has changed.
-_STORE_CHANGING = {("POST", "/api/pull"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete")}
 
 
 def changes_model_store(method: str, path: str, status: int) -> bool:
     """True if a request that succeeded with `status` changed the models on disk."""
-    return 200 <= status < 300 and (method.upper(), path.partition("?")[0].rstrip("/")) in _STORE_CHANGING
+    return 200 <= status < 300 and writes_model_store(method, path)
 
 
 class OllamaService:
@@ -62,10 +62,18 @@ class OllamaService:
             except (ollama_server.PullError, OSError, ValueError) as exc:
                 log.error("could not preload %s: %s", available[0], exc)
 
-    async def proxy(self, request: RequestFrame) -> AsyncIterator[Frame]:
-        """Relay one request; commit the volume after a successful store change."""
+    async def proxy(self, request: RequestFrame, stops: StopSignals | None = None) -> AsyncIterator[Frame]:
+        """Relay one request; commit the volume after a successful store change.
+
+        With `stops`, the request also ends when the gateway signals that its client
+        left, since Modal does not tell a generator that its consumer went away.
+        """
+        frames = self.relay.stream(request)
+        request_id = request.get("request_id")
+        if stops is not None and request_id:
+            frames = until_stopped(frames, asyncio.ensure_future(stops.wait(request_id)))
         status = 0
-        async for frame in self.relay.stream(request):
+        async for frame in frames:
             if isinstance(frame, dict):
                 status = frame["status"]
             yield frame

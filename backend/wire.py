@@ -12,7 +12,8 @@ from typing import TypedDict, Union
 Headers = list[tuple[str, str]]
 
 
-class RequestFrame(TypedDict):
+class RequestFrame(TypedDict, total=False):
+    request_id: str  # set by a remote transport, so a stop signal can name this request
     method: str
     path: str  # origin-form: "/api/chat?x=1", always rooted on the backend's own Ollama
     headers: Headers

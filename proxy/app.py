@@ -1,13 +1,16 @@
-"""The gateway's aiohttp application."""
+"""The gateway's aiohttp application: health, API keys, CORS, and the forwarder."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 
+import aiohttp_cors
 from aiohttp import web
 
+from backend.routes import writes_model_store
 from config import APP_NAME, Settings
+from proxy.auth import key_is_valid, presented_key
 from proxy.errors import error_response
 from proxy.forward import Forwarder
 from proxy.paths import PREFIX, api_family, upstream_path
@@ -37,31 +40,70 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
-        return error_response(exc.status, exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: "), _family(request), headers)
+        message = exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: ")
+        return error_response(exc.status, message, _family(request), headers)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
         return error_response(500, "internal gateway error", _family(request))
 
 
+def access_guard(settings: Settings) -> Callable:
+    """API keys and read-only mode for forwarded paths. Preflights pass: browsers send
+    no credentials on them, and CORS answers them without the backend."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string)
+        if path is None or request.method == "OPTIONS":
+            return await handler(request)
+        family = api_family(path)
+        if settings.gateway_api_keys and not key_is_valid(presented_key(request.headers), settings.gateway_api_keys):
+            return error_response(
+                401, "missing or invalid API key: send Authorization: Bearer <key>", family, {"WWW-Authenticate": "Bearer"}
+            )
+        if settings.gateway_read_only and writes_model_store(request.method, path):
+            return error_response(403, "this garden is read-only: pull, push, create, copy and delete are disabled", family)
+        return await handler(request)
+
+    return guard
+
+
+def setup_cors(app: web.Application, origins: tuple[str, ...], routes: list) -> None:
+    """Browsers may call from `origins`; preflights are answered here, never forwarded."""
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False,  # keys travel in headers, not cookies
+        allow_headers="*",  # Authorization, Content-Type, the OpenAI SDK's x-stainless-* ...
+        expose_headers="*",
+        allow_methods=list(FORWARDED_METHODS),
+        max_age=86400,
+    )
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in routes:
+        cors.add(route)
+
+
 def create_app(backend: Backend, settings: Settings) -> web.Application:
     """The gateway: `/health` here, everything under `/ollama` through `backend`."""
-    app = web.Application(middlewares=[json_errors], client_max_size=settings.gateway_max_body_mb * 1024 * 1024)
+    app = web.Application(
+        middlewares=[json_errors, access_guard(settings)], client_max_size=settings.gateway_max_body_mb * 1024 * 1024
+    )
     app[BACKEND_KEY] = backend
-    forwarder = Forwarder(backend, first_byte_timeout=settings.ollama_timeout)
+    forward = Forwarder(backend, first_byte_timeout=settings.ollama_timeout).handle
 
     async def health(request: web.Request) -> web.Response:
         # Answered here, never by the backend: a health check must not wake a GPU.
         return web.json_response({"status": "ok", "service": APP_NAME, "version": __version__})
 
-    async def forward(request: web.Request) -> web.StreamResponse:
-        if request.method not in FORWARDED_METHODS:
-            raise web.HTTPMethodNotAllowed(request.method, FORWARDED_METHODS)
-        return await forwarder(request)
-
     async def close_backend(app: web.Application) -> None:
         await app[BACKEND_KEY].aclose()
 
-    app.router.add_get("/health", health)
-    app.router.add_route("*", PREFIX + "{tail:(/.*)?}", forward)
+    routes = [app.router.add_get("/health", health)]
+    # Other methods get the router's 405 (with Allow), made JSON by json_errors.
+    forwarded = app.router.add_resource(PREFIX + "{tail:(/.*)?}")
+    routes += [forwarded.add_route(method, forward) for method in FORWARDED_METHODS]
+    setup_cors(app, settings.gateway_cors_origins, routes)
     app.on_cleanup.append(close_backend)
+
+    if not settings.gateway_api_keys:
+        log.warning("no GATEWAY_API_KEYS set: the gateway is open to anyone who can reach it")
     return app

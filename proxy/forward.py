@@ -23,7 +23,7 @@ class Forwarder:
         self.backend = backend
         self.first_byte_timeout = first_byte_timeout
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         path = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string)
         if path is None:
             raise web.HTTPNotFound()

@@ -7,11 +7,18 @@ RPC (the deployed gateway). The relay itself lives once, in `backend.relay`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
+from backend.cancel import StopSignals
 from backend.relay import OllamaRelay
 from backend.wire import BackendUnavailable, Frame, RequestFrame
+
+
+log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
@@ -35,17 +42,47 @@ class InProcessBackend:
         await self.relay.aclose()
 
 
-class ModalBackend:
-    """Calls the GPU class's `proxy` generator method over Modal RPC.
+class RemoteBackend:
+    """Calls a backend in another process, whose stream does not end when we stop reading.
 
-    `method` is `OllamaBackend().proxy`; only plain dicts and bytes cross the call.
+    On Modal, `call` is `OllamaBackend().proxy.remote_gen.aio`: only plain dicts and
+    bytes cross it. Closing a `remote_gen` early tells the container nothing, so when a
+    stream ends before its last frame, a stop is sent through `stops` for its request id.
     """
 
-    def __init__(self, method: Any) -> None:
-        self.method = method
+    STOP_SEND_TIMEOUT = 10.0
 
-    def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
-        return self.method.remote_gen.aio(request)
+    def __init__(self, call: Callable[[RequestFrame], AsyncIterator[Frame]], stops: StopSignals) -> None:
+        self.call = call
+        self.stops = stops
+
+    async def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
+        request_id = uuid.uuid4().hex
+        frames = self.call({**request, "request_id": request_id})
+        finished = False
+        try:
+            try:
+                head = await anext(frames)
+            except (BackendUnavailable, StopAsyncIteration, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 (the container could not be reached or failed to start)
+                first_line = (str(exc).splitlines() or [""])[0][:200]
+                raise BackendUnavailable(f"the backend could not be reached or failed to start ({type(exc).__name__}: {first_line})") from None
+            yield head
+            async for frame in frames:
+                yield frame
+            finished = True
+        finally:
+            if not finished:
+                await self._send_stop(request_id)
+            await frames.aclose()
+
+    async def _send_stop(self, request_id: str) -> None:
+        try:
+            async with asyncio.timeout(self.STOP_SEND_TIMEOUT):
+                await asyncio.shield(self.stops.send(request_id))
+        except Exception as exc:  # noqa: BLE001 (best effort: the backend's own timeout still bounds the work)
+            log.warning("could not send the stop signal for %s: %s", request_id, exc)
 
     async def aclose(self) -> None:
         return None

@@ -67,7 +67,7 @@ async def test_other_methods_get_json_405_with_allow(start_gateway, http):
     for method in ("PUT", "PATCH", "TRACE"):
         async with http.request(method, gateway + "/ollama/api/tags") as response:
             assert response.status == 405
-            assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD", "POST", "DELETE"}
+            assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD", "POST", "DELETE", "OPTIONS"}
             assert "error" in await response.json()
     async with http.put(gateway + "/ollama/v1/models") as response:
         assert (await response.json())["error"]["type"] == "invalid_request_error"  # OpenAI's shape on /v1

@@ -1,0 +1,98 @@
+"""Stop signals: how "the client left" reaches the container running that request.
+
+Closing a Modal `remote_gen` iterator early sends nothing to the container: the client
+just stops reading, and the backend would keep Ollama generating for nobody (see the
+README's "Stop means stop"). So the gateway sends an explicit stop keyed by the request's
+id, and the backend, wherever Modal placed that request, waits for it beside the stream.
+
+`StopSignals` is the seam: `QueueStopSignals` rides on a `modal.Queue` (one partition per
+request), `LocalStopSignals` on asyncio events for tests of the same path in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue as std_queue
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StopSignals(Protocol):
+    async def send(self, request_id: str) -> None:
+        """Ask the backend to stop the request `request_id`."""
+        ...
+
+    async def wait(self, request_id: str) -> None:
+        """Return once a stop for `request_id` was sent."""
+        ...
+
+
+class LocalStopSignals:
+    """In-process signals (tests, or a gateway and backend in one process)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+        self.sent: list[str] = []
+
+    def _event(self, request_id: str) -> asyncio.Event:
+        return self._events.setdefault(request_id, asyncio.Event())
+
+    async def send(self, request_id: str) -> None:
+        self.sent.append(request_id)
+        self._event(request_id).set()
+
+    async def wait(self, request_id: str) -> None:
+        try:
+            await self._event(request_id).wait()
+        finally:
+            self._events.pop(request_id, None)
+
+
+class QueueStopSignals:
+    """Signals through a `modal.Queue`, one partition per request id."""
+
+    TTL = 3600  # seconds: a stop nobody read is dropped after this
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    async def send(self, request_id: str) -> None:
+        await self.queue.put.aio(True, partition=request_id, partition_ttl=self.TTL)
+
+    async def wait(self, request_id: str) -> None:
+        while True:
+            try:
+                await self.queue.get.aio(partition=request_id, timeout=300)
+                return
+            except std_queue.Empty:
+                continue
+
+
+async def until_stopped(frames: AsyncIterator[T], stop: asyncio.Future) -> AsyncIterator[T]:
+    """Yield from `frames` until they end or `stop` completes; then close `frames`.
+
+    Closing `frames` (the relay) closes the connection to Ollama, which cancels the
+    generation. Waiting on both costs one task per chunk, only on the Modal path.
+    """
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(frames))
+            await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                await asyncio.gather(step, return_exceptions=True)
+                log.info("stop signal received: closing the request to Ollama")
+                return
+            try:
+                frame = step.result()
+            except StopAsyncIteration:
+                return
+            yield frame
+    finally:
+        stop.cancel()
+        await frames.aclose()
