@@ -89,13 +89,28 @@ class OllamaBackend:
 
 
 # --- Gateway: always warm, CPU only -----------------------------------------------------
+# API keys reach the gateway as GATEWAY_API_KEYS from a named Secret, or from the
+# deployer's environment (then Modal stores them as a Secret, never in the image).
+if settings.gateway_api_keys_secret:
+    gateway_secrets = [modal.Secret.from_name(settings.gateway_api_keys_secret)]
+elif settings.gateway_api_keys:
+    gateway_secrets = [modal.Secret.from_dict({"GATEWAY_API_KEYS": ",".join(settings.gateway_api_keys)})]
+else:
+    gateway_secrets = []
+
+
 @app.function(
     image=gateway_image,
+    secrets=gateway_secrets,
     min_containers=settings.gateway_min_containers,
     timeout=settings.gateway_timeout,  # at least the backend's, so long streams are not cut
 )
 @modal.concurrent(max_inputs=settings.gateway_max_inputs)
-@modal.web_server(port=settings.gateway_port, startup_timeout=settings.gateway_startup_timeout)
+@modal.web_server(
+    port=settings.gateway_port,
+    startup_timeout=settings.gateway_startup_timeout,
+    requires_proxy_auth=settings.gateway_proxy_auth,  # Modal-Key/Modal-Secret on top of API keys
+)
 def gateway() -> None:
     from proxy.app import create_app
     from proxy.server import serve_in_thread

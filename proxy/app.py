@@ -14,6 +14,7 @@ from proxy.auth import key_is_valid, presented_key
 from proxy.errors import error_response
 from proxy.forward import Forwarder
 from proxy.paths import PREFIX, api_family, upstream_path
+from proxy.server import quiet_malformed_requests
 from proxy.transport import Backend
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def create_app(backend: Backend, settings: Settings) -> web.Application:
     routes += [forwarded.add_route(method, forward) for method in FORWARDED_METHODS]
     setup_cors(app, settings.gateway_cors_origins, routes)
     app.on_cleanup.append(close_backend)
+    quiet_malformed_requests()
 
     if not settings.gateway_api_keys:
         log.warning("no GATEWAY_API_KEYS set: the gateway is open to anyone who can reach it")

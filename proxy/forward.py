@@ -61,6 +61,9 @@ class Forwarder:
         # Tell intermediaries such as nginx not to buffer the stream.
         response.headers["X-Accel-Buffering"] = "no"
         await response.prepare(request)
+        if request.method == "HEAD":  # a HEAD answer has no body, whatever the backend sends
+            await response.write_eof()
+            return response
 
         last = b""
         try:

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 # Cancel a handler when its client disconnects: that is how "stop" reaches Ollama
 # even while no chunk is flowing.
 RUNNER_OPTIONS = {"handler_cancellation": True, "access_log": None}
+
+
+class MalformedRequestsInOneLine(logging.Filter):
+    """aiohttp logs a full traceback for every malformed request it refuses with a 4xx.
+    From the internet that is noise (and an easy way to flood the logs): keep one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, http_exceptions.HttpProcessingError):
+            record.msg, record.args = "refused a malformed request: %s", (str(exc).splitlines()[0][:200],)
+            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.INFO, "INFO"
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestsInOneLine) for f in logger.filters):
+        logger.addFilter(MalformedRequestsInOneLine())
 
 
 def serve_in_thread(make_app: Callable[[], web.Application], host: str, port: int, ready_timeout: float = 30.0) -> threading.Thread:

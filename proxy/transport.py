@@ -63,7 +63,10 @@ class RemoteBackend:
         try:
             try:
                 head = await anext(frames)
-            except (BackendUnavailable, StopAsyncIteration, asyncio.CancelledError):
+            except StopAsyncIteration:
+                finished = True
+                return
+            except (BackendUnavailable, asyncio.CancelledError):
                 raise
             except Exception as exc:  # noqa: BLE001 (the container could not be reached or failed to start)
                 first_line = (str(exc).splitlines() or [""])[0][:200]

@@ -25,8 +25,8 @@ class Served:
         self.url = url
 
 
-async def serve(app: web.Application) -> Served:
-    runner = web.AppRunner(app, **RUNNER_OPTIONS)
+async def serve(app: web.Application, **options) -> Served:
+    runner = web.AppRunner(app, **{**RUNNER_OPTIONS, **options})
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -38,7 +38,8 @@ async def serve(app: web.Application) -> Served:
 async def standin() -> AsyncIterator[tuple[str, StandinState]]:
     """(url, state) of a running Ollama stand-in."""
     state = StandinState()
-    served = await serve(create_standin(state))
+    # Like Ollama, the stand-in cancels a request's work when its client goes away.
+    served = await serve(create_standin(state), handler_cancellation=True)
     yield served.url, state
     await served.runner.cleanup()
 

@@ -184,7 +184,12 @@ async def generate_or_chat(request: web.Request) -> web.StreamResponse:
     if not _known(state, model):
         return _error(404, f"model '{model}' not found")
     if state.first_token_delay:
-        await asyncio.sleep(state.first_token_delay)
+        try:
+            await asyncio.sleep(state.first_token_delay)  # "loading the model"
+        except asyncio.CancelledError:
+            state.streams_cancelled += 1
+            state.cancel_times.append(time.monotonic())
+            raise
     count = int(body.get("options", {}).get("num_predict", state.token_count))
     empty = not body.get("messages") if chat else not body.get("prompt")
     parts = [] if empty else tokens(count)

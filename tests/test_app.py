@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from backend.wire import head_frame
 
 
@@ -107,3 +109,68 @@ async def test_no_first_byte_within_the_timeout_is_504_json(start_gateway, http)
         assert response.status == 504
         error = (await response.json())["error"]
         assert error["type"] == "api_error" and "nothing within" in error["message"]
+
+
+PREFLIGHT = {
+    "Origin": "https://chat.example",
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os, x-stainless-lang",
+}
+
+
+async def test_preflight_is_answered_without_the_backend_or_a_key(start_gateway, http):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_api_keys=("k",))
+    for path in ("/ollama/api/chat", "/ollama/v1/chat/completions"):
+        async with http.options(gateway + path, headers=PREFLIGHT) as response:
+            assert response.status == 200
+            assert response.headers["Access-Control-Allow-Origin"] == "https://chat.example"
+            allowed = {h.strip().lower() for h in response.headers["Access-Control-Allow-Headers"].split(",")}
+            assert {"authorization", "content-type", "x-stainless-os", "x-stainless-lang"} <= allowed
+            assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    assert backend.calls == []  # a preflight never wakes a GPU
+
+
+async def test_cross_origin_response_carries_cors_headers_even_on_errors(start_gateway, http):
+    gateway = await start_gateway(RecordingBackend(), gateway_api_keys=("k",))
+    origin = {"Origin": "https://chat.example"}
+    async with http.get(gateway + "/ollama/api/tags", headers={**origin, "Authorization": "Bearer k"}) as response:
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "https://chat.example"
+    async with http.get(gateway + "/ollama/api/tags", headers=origin) as response:
+        assert response.status == 401  # readable by the page, so it can ask for a key
+        assert response.headers["Access-Control-Allow-Origin"] == "https://chat.example"
+
+
+async def test_only_configured_origins_are_allowed(start_gateway, http):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_cors_origins=("https://mine.example",))
+    async with http.options(gateway + "/ollama/api/chat", headers=PREFLIGHT) as response:
+        assert response.status == 403
+        assert "not allowed" in (await response.json())["error"]
+    async with http.options(gateway + "/ollama/api/chat", headers={**PREFLIGHT, "Origin": "https://mine.example"}) as response:
+        assert response.status == 200
+        assert response.headers["Access-Control-Allow-Origin"] == "https://mine.example"
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/blobs/sha256:abc")],
+)
+async def test_read_only_mode_refuses_store_writes(start_gateway, http, method, path):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_read_only=True)
+    async with http.request(method, gateway + "/ollama" + path, json={"model": "m"}) as response:
+        assert response.status == 403
+        assert "read-only" in (await response.json())["error"]
+    assert backend.calls == []
+
+
+async def test_read_only_mode_still_serves_reads_and_chat(start_gateway, http):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_read_only=True)
+    for method, path in (("GET", "/api/tags"), ("POST", "/api/chat"), ("POST", "/api/show"), ("HEAD", "/api/blobs/sha256:abc"), ("POST", "/v1/chat/completions")):
+        async with http.request(method, gateway + "/ollama" + path) as response:
+            assert response.status == 200
+    assert len(backend.calls) == 5

@@ -234,3 +234,66 @@ async def test_ollama_dying_mid_stream_ends_sse_with_an_error_event(standin, gat
     last = json.loads(events[-2].removeprefix("data: "))
     assert last["error"]["type"] == "api_error" and "ended early" in last["error"]["message"]
     assert len(events) == 4
+
+
+async def raw_exchange(url: str, request: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+
+
+BAD_REQUESTS = [
+    b"GET /ollama/api/tags HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n",  # oversized header
+    b"GET /ollama/api/tags HTTP/1.1\r\nHost: x\r\nBroken header line\r\n\r\n",  # malformed header
+    b"GET /ollama/api/tags HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n",  # bad framing
+    b"G@T /ollama/api/tags HTTP/1.1\r\nHost: x\r\n\r\n",  # not a method token
+    b"GET /ollama/" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # oversized request line
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64,  # TLS hello on a plain port
+]
+
+
+async def test_bad_input_is_refused_and_leaves_the_gateway_working(standin, gateway, http, caplog):
+    _, state = standin
+    for raw in BAD_REQUESTS:
+        answer = await raw_exchange(gateway, raw)
+        status = answer.split(b" ", 2)[1]
+        assert answer.startswith(b"HTTP/1.") and status.startswith(b"4"), answer[:80]
+        assert b"Traceback" not in answer
+    assert state.seen == []  # none of it reached Ollama
+    assert "Traceback" not in caplog.text
+    # Bad JSON and unknown models do reach Ollama, and its own errors come back.
+    for body, status in ((b"{oops", 400), (b'{"model": "ghost"}', 404), (b'{"messages": []}', 400), (b"", 400)):
+        async with http.post(gateway + "/ollama/api/chat", data=body) as response:
+            assert response.status == status
+            assert set(await response.json()) == {"error"}
+    # Path tricks stay on this Ollama.
+    for path in ("/ollama/../../../etc/passwd", "/ollama//169.254.169.254/latest", "/ollama/%2e%2e/%2e%2e/x"):
+        async with http.get(gateway + path) as response:
+            assert response.status in (404, 405)
+    # And a normal stream still works, whole.
+    async with http.post(gateway + "/ollama/api/chat", json=CHAT) as response:
+        lines = (await response.read()).splitlines()
+    assert response.status == 200 and json.loads(lines[-1])["done"] is True and len(lines) == 9
+
+
+async def test_300_concurrent_streams_complete_byte_identical(standin, gateway):
+    url, state = standin
+    state.token_delay = 0.02  # all 300 are open at the same time
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post(url + "/api/chat", json=CHAT) as response:
+            expected = await response.read()
+
+        async def one() -> bytes:
+            async with session.post(gateway + "/ollama/api/chat", json=CHAT) as response:
+                assert response.status == 200
+                return await response.read()
+
+        bodies = await asyncio.gather(*(one() for _ in range(300)))
+    assert all(body == expected for body in bodies)
+    assert state.streams_finished == 301 and state.streams_cancelled == 0

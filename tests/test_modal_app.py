@@ -24,6 +24,7 @@ print(json.dumps({
                 "volumes": {path: m.name for path, m in b.volumes.items()},
                 "scaledown": config.settings.ollama_scaledown, "models": list(config.settings.ollama_model_list)},
     "image_env": app.settings_env,
+    "gateway_secrets": g.secrets,
 }))
 """
 
@@ -79,6 +80,20 @@ def test_overridden_wiring():
     # The same choices are baked into the images, so containers read them too.
     assert wiring["image_env"]["OLLAMA_GPU"] == "H100:2"
     assert wiring["image_env"]["OLLAMA_MODEL_LIST"] == "qwen3:0.6b, llama3.2"
+
+
+def test_keys_from_a_named_secret_and_proxy_auth():
+    wiring = read_wiring(GATEWAY_API_KEYS_SECRET="garden-keys", GATEWAY_PROXY_AUTH="true")
+    assert wiring["gateway_secrets"] == ["modal.Secret.from_name('garden-keys')"]
+    assert wiring["gateway"]["unauthenticated"] is False  # Modal demands Modal-Key/Modal-Secret
+
+
+def test_keys_from_the_deploy_environment_become_a_secret_not_image_env():
+    wiring = read_wiring(GATEWAY_API_KEYS="sk-one,sk-two")
+    assert wiring["gateway_secrets"] == ["Secret.from_dict([GATEWAY_API_KEYS])"]
+    assert "GATEWAY_API_KEYS" not in wiring["image_env"]
+    assert "sk-one" not in json.dumps(wiring)
+    assert read_wiring()["gateway_secrets"] == []
 
 
 @pytest.mark.parametrize(

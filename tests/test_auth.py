@@ -1,0 +1,109 @@
+"""API keys: proxy.auth rules and the gateway's behaviour with keys set."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+
+import pytest
+
+from backend.relay import OllamaRelay
+from proxy import auth
+from proxy.auth import key_is_valid, presented_key
+from proxy.transport import InProcessBackend
+
+KEYS = ("sk-garden-first-key", "sk-garden-second-key")
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+
+@pytest.mark.parametrize(
+    ("headers", "key"),
+    [
+        ({"Authorization": "Bearer abc"}, "abc"),
+        ({"Authorization": "bearer  abc "}, "abc"),
+        ({"X-API-Key": "abc"}, "abc"),
+        ({"Authorization": "Basic abc"}, None),
+        ({"Authorization": "Bearer "}, None),
+        ({}, None),
+    ],
+)
+def test_presented_key(headers, key):
+    assert presented_key(headers) == key
+
+
+def test_key_is_valid_checks_every_key_in_constant_time(monkeypatch):
+    calls = []
+    real_compare = hmac.compare_digest
+
+    def compare(a, b):
+        calls.append((a, b))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", compare)
+    assert key_is_valid(KEYS[0], KEYS) is True
+    assert len(calls) == 2  # no early exit on the first match
+    assert key_is_valid("nope", KEYS) is False
+    assert key_is_valid(None, KEYS) is False
+    assert key_is_valid("", ()) is False
+
+
+@pytest.fixture
+async def keyed_gateway(standin, start_gateway):
+    url, _ = standin
+    return await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS)
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}, {"Authorization": f"Basic {KEYS[0]}"}])
+async def test_requests_without_a_valid_key_get_401_in_ollamas_shape(standin, keyed_gateway, http, headers):
+    _, state = standin
+    async with http.post(keyed_gateway + "/ollama/api/chat", json=CHAT, headers=headers) as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        body = await response.json()
+        assert set(body) == {"error"} and "API key" in body["error"]
+    assert state.seen == []  # nothing reached Ollama
+
+
+async def test_openai_paths_get_401_in_openais_shape(keyed_gateway, http):
+    async with http.get(keyed_gateway + "/ollama/v1/models") as response:
+        assert response.status == 401
+        error = (await response.json())["error"]
+        assert error["type"] == "authentication_error" and error["param"] is None and error["code"] is None
+
+
+@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEYS[1]}"}, {"X-API-Key": KEYS[0]}])
+async def test_a_valid_key_passes_and_never_reaches_ollama(standin, keyed_gateway, http, headers):
+    _, state = standin
+    async with http.post(keyed_gateway + "/ollama/api/chat", json=CHAT, headers=headers) as response:
+        assert response.status == 200
+    seen = {k.lower(): v for k, v in state.seen[-1].headers.items()}
+    assert "authorization" not in seen and "x-api-key" not in seen
+    assert all(key not in json.dumps(seen) for key in KEYS)
+
+
+async def test_health_stays_open(keyed_gateway, http):
+    async with http.get(keyed_gateway + "/health") as response:
+        assert response.status == 200
+
+
+async def test_keys_never_appear_in_logs(standin, start_gateway, http, caplog):
+    caplog.set_level(logging.DEBUG)
+    url, state = standin
+    state.die_after, state.token_delay = 2, 0.01  # a warning is logged for the broken stream
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS)
+    for headers in ({"Authorization": f"Bearer {KEYS[0]}"}, {"X-API-Key": KEYS[1]}, {"Authorization": "Bearer sk-wrong-guess"}):
+        async with http.post(gateway + "/ollama/api/chat", json={**CHAT, "stream": True}, headers=headers) as response:
+            await response.read()
+    assert caplog.records  # something was logged ...
+    for secret in (*KEYS, "sk-wrong-guess"):
+        assert secret not in caplog.text  # ... but no key
+
+
+async def test_without_keys_the_gateway_is_open_and_warns(standin, start_gateway, http, caplog):
+    url, _ = standin
+    caplog.set_level(logging.WARNING)
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)))
+    assert "no GATEWAY_API_KEYS set" in caplog.text
+    async with http.get(gateway + "/ollama/api/tags") as response:
+        assert response.status == 200

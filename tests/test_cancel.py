@@ -1,0 +1,228 @@
+"""Stop means stop: a client that leaves mid-stream stops Ollama, locally and over the
+remote (Modal-like) transport, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import aiohttp
+import pytest
+
+from backend.cancel import LocalStopSignals, until_stopped
+from backend.relay import OllamaRelay
+from backend.service import OllamaService
+from proxy.transport import InProcessBackend, RemoteBackend
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "tell me a long story"}], "options": {"num_predict": 400}}
+
+
+def detached_call(produce):
+    """Like Modal's `remote_gen`: the producer runs on its own, and when the consumer
+    stops reading, nothing tells the producer (modal-client sends no cancel)."""
+    producers: list[asyncio.Task] = []
+
+    def call(request):
+        async def consume():
+            frames: asyncio.Queue = asyncio.Queue()
+
+            async def pump():
+                try:
+                    async for frame in produce(request):
+                        await frames.put(("frame", frame))
+                    await frames.put(("end", None))
+                except Exception as exc:  # noqa: BLE001
+                    await frames.put(("error", exc))
+
+            producers.append(asyncio.ensure_future(pump()))
+            while True:
+                kind, value = await frames.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+
+        return consume()
+
+    call.producers = producers
+    return call
+
+
+async def leave_mid_stream(url: str, lines: int = 2) -> float:
+    """Read `lines` lines of a chat stream, then drop the connection; return when."""
+    async with aiohttp.ClientSession() as session:
+        response = await session.post(url + "/ollama/api/chat", json=CHAT)
+        assert response.status == 200
+        for _ in range(lines):
+            assert (await response.content.readline()).endswith(b"\n")
+        response.close()
+        return time.monotonic()
+
+
+async def wait_for(predicate, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
+
+
+async def test_local_disconnect_stops_ollama_within_a_second(standin, gateway):
+    _, state = standin
+    state.token_delay = 0.02  # 400 tokens: 8 s if nobody stops it
+    left = await leave_mid_stream(gateway)
+    assert await wait_for(lambda: state.streams_cancelled == 1)
+    assert state.cancel_times[0] - left < 1.0
+    assert state.streams_finished == 0
+
+
+async def test_disconnect_before_the_first_token_stops_ollama_too(standin, gateway):
+    # While Ollama loads a model or reads the prompt, no chunk flows: the gateway must
+    # notice the disconnect on its own, not at its next write.
+    _, state = standin
+    state.first_token_delay = 5.0
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(session.post(gateway + "/ollama/api/chat", json=CHAT))
+        await asyncio.sleep(0.3)
+        request.cancel()
+        left = time.monotonic()
+    assert await wait_for(lambda: state.streams_cancelled == 1)
+    assert state.cancel_times[0] - left < 1.0
+    assert state.streams_started == 0  # stopped while "loading", before any token
+
+
+@pytest.fixture
+def remote(standin):
+    url, _ = standin
+    service = OllamaService(url, (), commit=lambda: None)
+    return service
+
+
+async def test_remote_transport_without_a_stop_signal_keeps_ollama_busy(standin, remote, start_gateway):
+    # The control: what the stop signal exists for. Closing a Modal-like stream early
+    # does not reach the producer, so Ollama generates to the end for nobody.
+    _, state = standin
+    state.token_delay, CHAT["options"]["num_predict"] = 0.005, 100
+    try:
+        call = detached_call(lambda request: remote.proxy(request))  # no stop signals
+        gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
+        await leave_mid_stream(gateway)
+        assert await wait_for(lambda: state.streams_finished == 1, timeout=5)
+        assert state.streams_cancelled == 0
+    finally:
+        CHAT["options"]["num_predict"] = 400
+
+
+async def test_remote_disconnect_sends_a_stop_that_stops_ollama_within_a_second(standin, remote, start_gateway):
+    _, state = standin
+    state.token_delay = 0.02
+    stops = LocalStopSignals()
+    call = detached_call(lambda request: remote.proxy(request, stops=stops))
+    gateway = await start_gateway(RemoteBackend(call, stops))
+    left = await leave_mid_stream(gateway)
+    assert await wait_for(lambda: state.streams_cancelled == 1)
+    assert state.cancel_times[0] - left < 1.0
+    assert len(stops.sent) == 1
+    assert await wait_for(lambda: all(p.done() for p in call.producers))
+
+
+async def test_a_completed_remote_stream_sends_no_stop(standin, remote, start_gateway, http):
+    stops = LocalStopSignals()
+    gateway = await start_gateway(RemoteBackend(detached_call(lambda r: remote.proxy(r, stops=stops)), stops))
+    async with http.post(gateway + "/ollama/api/chat", json={**CHAT, "options": {"num_predict": 5}}) as response:
+        assert (await response.read()).count(b"\n") == 6
+    assert stops.sent == []
+
+
+async def test_until_stopped_closes_the_source_when_stopped():
+    closed = asyncio.Event()
+
+    async def source():
+        try:
+            for i in range(1000):
+                yield i
+                await asyncio.sleep(0.01)
+        finally:
+            closed.set()
+
+    stop = asyncio.get_running_loop().create_future()
+    got = []
+    async for item in until_stopped(source(), stop):
+        got.append(item)
+        if item == 3:
+            stop.set_result(None)
+    assert got == [0, 1, 2, 3]
+    assert closed.is_set()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_200_aborted_streams_leave_no_task_connection_or_fd(standin, start_gateway):
+    url, state = standin
+    state.token_delay = 0.01
+    relay = OllamaRelay(url)
+    gateway = await start_gateway(InProcessBackend(relay))
+    await leave_mid_stream(gateway, lines=1)  # warm up: pools, lazy sessions
+    await wait_for(lambda: state.active == 0)
+    tasks_before, fds_before = len(asyncio.all_tasks()), open_fds()
+
+    for _ in range(4):
+        await asyncio.gather(*(leave_mid_stream(gateway, lines=1 + i % 3) for i in range(50)))
+
+    assert await wait_for(lambda: state.streams_cancelled == 201 and state.active == 0, timeout=10)
+    assert await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, timeout=5), asyncio.all_tasks()
+    assert await wait_for(lambda: open_fds() <= fds_before, timeout=5), (open_fds(), fds_before)
+    connector = relay._session.connector
+    assert len(connector._acquired) == 0  # no upstream connection still held
+
+
+class FakeModalQueue:
+    """The slice of `modal.Queue` that QueueStopSignals uses: `.put.aio` / `.get.aio`
+    with partitions, and `queue.Empty` on a get that times out."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[str, asyncio.Queue] = {}
+        self.puts: list[tuple[str, int]] = []
+        self.gets = 0
+        outer = self
+
+        class Put:
+            async def aio(self, value, *, partition, partition_ttl):
+                outer.puts.append((partition, partition_ttl))
+                outer._partition(partition).put_nowait(value)
+
+        class Get:
+            async def aio(self, *, partition, timeout):
+                outer.gets += 1
+                try:
+                    return await asyncio.wait_for(outer._partition(partition).get(), min(timeout, 0.05))
+                except TimeoutError:
+                    import queue
+
+                    raise queue.Empty from None
+
+        self.put, self.get = Put(), Get()
+
+    def _partition(self, name: str) -> asyncio.Queue:
+        return self.partitions.setdefault(name, asyncio.Queue())
+
+
+async def test_queue_stop_signals_use_one_partition_per_request_and_keep_waiting():
+    from backend.cancel import QueueStopSignals
+
+    queue = FakeModalQueue()
+    signals = QueueStopSignals(queue)
+    waiter = asyncio.ensure_future(signals.wait("req-1"))
+    await asyncio.sleep(0.2)  # several empty long-polls
+    assert not waiter.done() and queue.gets >= 2
+    await signals.send("req-2")
+    await asyncio.sleep(0.1)
+    assert not waiter.done()  # another request's stop
+    await signals.send("req-1")
+    await asyncio.wait_for(waiter, 1)
+    assert queue.puts == [("req-2", 3600), ("req-1", 3600)]

@@ -1,0 +1,66 @@
+"""proxy.transport: the seam's implementations, behind a real gateway."""
+
+from __future__ import annotations
+
+from backend.cancel import LocalStopSignals
+from backend.wire import head_frame
+from proxy.transport import RemoteBackend, UnavailableBackend
+
+
+async def test_remote_backend_failing_to_start_is_503_json(start_gateway, http):
+    def call(request):
+        async def frames():
+            raise RuntimeError("Ollama did not answer at http://127.0.0.1:11434 within 120s\n  File ...")
+            yield b""
+
+        return frames()
+
+    gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
+    async with http.post(gateway + "/ollama/api/chat", json={"model": "m"}) as response:
+        assert response.status == 503
+        message = (await response.json())["error"]
+    assert message.startswith("the backend could not be reached or failed to start (RuntimeError: Ollama did not answer")
+    assert "File" not in message
+
+
+async def test_remote_backend_passes_frames_and_a_request_id(start_gateway, http):
+    seen = []
+
+    def call(request):
+        seen.append(request)
+
+        async def frames():
+            yield head_frame(201, [("Content-Type", "application/json")])
+            yield b'{"ok":'
+            yield b"true}"
+
+        return frames()
+
+    gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
+    async with http.post(gateway + "/ollama/api/copy?x=1", data=b"{}", headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 201
+        assert await response.read() == b'{"ok":true}'
+    (request,) = seen
+    assert request["method"] == "POST" and request["path"] == "/api/copy?x=1" and request["body"] == b"{}"
+    assert len(request["request_id"]) == 32
+
+
+async def test_remote_backend_with_an_empty_stream_is_502(start_gateway, http):
+    def call(request):
+        async def frames():
+            return
+            yield b""
+
+        return frames()
+
+    gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
+    async with http.get(gateway + "/ollama/api/tags") as response:
+        assert response.status == 502
+        assert "without a response" in (await response.json())["error"]
+
+
+async def test_unavailable_backend_is_503_with_its_message(start_gateway, http):
+    gateway = await start_gateway(UnavailableBackend("install Ollama"))
+    async with http.get(gateway + "/ollama/api/tags") as response:
+        assert response.status == 503
+        assert await response.json() == {"error": "install Ollama"}
