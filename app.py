@@ -120,4 +120,4 @@ def gateway() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     backend = RemoteBackend(OllamaBackend().proxy.remote_gen.aio, QueueStopSignals(stop_queue))
     # A thread of this process, not a subprocess, so the server can call OllamaBackend.
-    serve_in_thread(lambda: create_app(backend, settings), "0.0.0.0", settings.gateway_port)
+    serve_in_thread(lambda: create_app(backend, settings, backend_kind="modal"), "0.0.0.0", settings.gateway_port)

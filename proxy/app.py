@@ -5,14 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import asyncio
+
 import aiohttp_cors
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend.routes import writes_model_store
 from config import APP_NAME, Settings
 from proxy.auth import key_is_valid, presented_key
 from proxy.errors import error_response
-from proxy.forward import Forwarder
+from proxy.forward import EXCHANGE, Forwarder
+from proxy.observe import Exchange, Metrics, path_family
 from proxy.paths import PREFIX, api_family, upstream_path
 from proxy.server import quiet_malformed_requests
 from proxy.transport import Backend
@@ -22,7 +26,12 @@ log = logging.getLogger(__name__)
 __version__ = "0.1.0"
 
 FORWARDED_METHODS = ("GET", "HEAD", "POST", "DELETE")
+METRICS_PATH = "/metrics"
 BACKEND_KEY = web.AppKey("backend", Backend)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+# The gateway's own refusals, as error kinds in metrics and logs.
+_REFUSALS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,6 +57,34 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal gateway error", _family(request))
 
 
+def observe(metrics: Metrics) -> Callable:
+    """One Exchange per forwarded request: counted and logged once, when it ends."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = upstream_path(request.rel_url.raw_path)
+        if path is None or request.method == "OPTIONS":
+            return await handler(request)
+        exchange = request[EXCHANGE] = Exchange(request.method, path, path_family(path))
+        metrics.in_flight.inc()
+        try:
+            response = await handler(request)
+            if exchange.first_byte is None:  # the gateway answered by itself
+                exchange.status = response.status
+                if response.status >= 400 and exchange.error is None:
+                    exchange.error = _REFUSALS.get(response.status, f"http_{response.status}")
+            return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            exchange.client_left = True
+            exchange.status = exchange.status or 499  # nginx's "client closed request"
+            raise
+        finally:
+            metrics.in_flight.dec()
+            metrics.record(exchange)
+
+    return middleware
+
+
 def access_guard(settings: Settings) -> Callable:
     """API keys and read-only mode for forwarded paths. Preflights pass: browsers send
     no credentials on them, and CORS answers them without the backend."""
@@ -55,14 +92,15 @@ def access_guard(settings: Settings) -> Callable:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string)
-        if path is None or request.method == "OPTIONS":
+        protected = path is not None or request.rel_url.raw_path == METRICS_PATH
+        if not protected or request.method == "OPTIONS":
             return await handler(request)
-        family = api_family(path)
+        family = api_family(path) if path else "ollama"
         if settings.gateway_api_keys and not key_is_valid(presented_key(request.headers), settings.gateway_api_keys):
             return error_response(
                 401, "missing or invalid API key: send Authorization: Bearer <key>", family, {"WWW-Authenticate": "Bearer"}
             )
-        if settings.gateway_read_only and writes_model_store(request.method, path):
+        if settings.gateway_read_only and path and writes_model_store(request.method, path):
             return error_response(403, "this garden is read-only: pull, push, create, copy and delete are disabled", family)
         return await handler(request)
 
@@ -83,22 +121,50 @@ def setup_cors(app: web.Application, origins: tuple[str, ...], routes: list) -> 
         cors.add(route)
 
 
-def create_app(backend: Backend, settings: Settings) -> web.Application:
+def health_report(settings: Settings, backend_kind: str) -> dict:
+    """The gateway's version and its non-secret configuration."""
+    return {
+        "status": "ok",
+        "service": APP_NAME,
+        "version": __version__,
+        "backend": backend_kind,
+        "config": {
+            "gpu": settings.ollama_gpu,
+            "models": list(settings.ollama_model_list),
+            "ollama_version": settings.ollama_version,
+            "auth": bool(settings.gateway_api_keys),
+            "proxy_auth": settings.gateway_proxy_auth,
+            "read_only": settings.gateway_read_only,
+            "cors_origins": list(settings.gateway_cors_origins),
+            "timeout_s": settings.ollama_timeout,
+            "max_body_mb": settings.gateway_max_body_mb,
+        },
+    }
+
+
+def create_app(backend: Backend, settings: Settings, backend_kind: str = "local") -> web.Application:
     """The gateway: `/health` here, everything under `/ollama` through `backend`."""
+    metrics = Metrics()
     app = web.Application(
-        middlewares=[json_errors, access_guard(settings)], client_max_size=settings.gateway_max_body_mb * 1024 * 1024
+        middlewares=[observe(metrics), json_errors, access_guard(settings)],
+        client_max_size=settings.gateway_max_body_mb * 1024 * 1024,
     )
     app[BACKEND_KEY] = backend
+    app[METRICS_KEY] = metrics
     forward = Forwarder(backend, first_byte_timeout=settings.ollama_timeout).handle
+    health_body = health_report(settings, backend_kind)
 
     async def health(request: web.Request) -> web.Response:
         # Answered here, never by the backend: a health check must not wake a GPU.
-        return web.json_response({"status": "ok", "service": APP_NAME, "version": __version__})
+        return web.json_response(health_body)
+
+    async def metrics_page(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def close_backend(app: web.Application) -> None:
         await app[BACKEND_KEY].aclose()
 
-    routes = [app.router.add_get("/health", health)]
+    routes = [app.router.add_get("/health", health), app.router.add_get(METRICS_PATH, metrics_page)]
     # Other methods get the router's 405 (with Allow), made JSON by json_errors.
     forwarded = app.router.add_resource(PREFIX + "{tail:(/.*)?}")
     routes += [forwarded.add_route(method, forward) for method in FORWARDED_METHODS]

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiohttp import web
 
 from backend.wire import BackendUnavailable, request_frame
 from proxy.errors import error_response, stream_error_tail
 from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.observe import Exchange, model_of
 from proxy.paths import api_family, upstream_path
 from proxy.transport import Backend
 
 log = logging.getLogger(__name__)
+
+EXCHANGE = web.RequestKey("exchange", Exchange)  # filled here, recorded by the observe middleware
 
 
 class Forwarder:
@@ -28,33 +32,41 @@ class Forwarder:
         if path is None:
             raise web.HTTPNotFound()
         family = api_family(path)
+        exchange: Exchange = request[EXCHANGE]
         # Request bodies are bounded by the app's client_max_size; Modal needs the
         # whole body as a call argument anyway. Response bodies are never buffered.
         body = await request.read()
+        exchange.model = model_of(body, request.content_type)
         frames = self.backend.stream(
             request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
         )
         try:
-            return await self._relay(request, frames, family)
+            return await self._relay(request, frames, family, exchange)
         finally:
             # Closes the backend stream on every exit, including a client that left
             # (the handler is cancelled): that is what stops generation upstream.
             await frames.aclose()
 
-    async def _relay(self, request: web.Request, frames, family: str) -> web.StreamResponse:
+    async def _relay(self, request: web.Request, frames, family: str, exchange: Exchange) -> web.StreamResponse:
         try:
             async with asyncio.timeout(self.first_byte_timeout):
                 head = await anext(frames)
         except BackendUnavailable as exc:
+            exchange.error = "backend_unavailable"
             return error_response(503, str(exc), family)
         except TimeoutError:
+            exchange.error = "first_byte_timeout"
             return error_response(504, f"the backend sent nothing within {self.first_byte_timeout:.0f}s", family)
         except StopAsyncIteration:
+            exchange.error = "empty_backend_response"
             return error_response(502, "the backend closed the stream without a response", family)
         except Exception as exc:  # noqa: BLE001 (anything from the transport is a bad gateway)
             log.exception("backend failed before the response head")
+            exchange.error = "backend_failed"
             return error_response(502, f"the backend failed: {type(exc).__name__}", family)
 
+        exchange.first_byte = time.perf_counter()
+        exchange.status = head["status"]
         response = web.StreamResponse(status=head["status"])
         for name, value in client_response_headers(head["headers"]):
             response.headers.add(name, value)
@@ -66,16 +78,23 @@ class Forwarder:
             return response
 
         last = b""
+        sent = 0  # a plain int per chunk; metrics are recorded once, at the end
         try:
             async for chunk in frames:
                 await response.write(chunk)
+                sent += len(chunk)
                 last = chunk[-2:] if len(chunk) >= 2 else last[-1:] + chunk
         except (ConnectionResetError, asyncio.CancelledError):
-            raise  # the client left; the caller closes the backend stream
+            exchange.client_left = True
+            raise  # the caller closes the backend stream
         except Exception as exc:  # noqa: BLE001
             log.warning("stream from the backend broke: %s", exc)
+            exchange.error = "stream_broken"
             tail = stream_error_tail(response.content_type, f"upstream stream ended early: {exc}", last)
             if tail:
                 await response.write(tail)
+                sent += len(tail)
+        finally:
+            exchange.bytes_out = sent
         await response.write_eof()
         return response

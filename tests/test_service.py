@@ -55,7 +55,8 @@ async def test_start_pulls_missing_models_commits_once_and_preloads_the_first(st
     assert server.started and len(commits) == 1
     paths = [(s.path, json.loads(s.body or b"{}").get("model")) for s in state.seen if s.method == "POST"]
     assert paths == [("/api/pull", "qwen3:0.6b"), ("/api/generate", "qwen3:0.6b")]
-    assert "volume committed" in caplog.text and "loaded in" in caplog.text
+    assert "ollama answered after" in caplog.text
+    assert "volume committed (qwen3:0.6b)" in caplog.text and "model qwen3:0.6b loaded in" in caplog.text
     service.stop()
     assert server.stopped
 

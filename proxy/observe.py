@@ -1,0 +1,141 @@
+"""What the gateway tells its operator: Prometheus metrics and one access-log line per request.
+
+The forwarder fills an `Exchange` as the request goes; it is recorded once, when the
+request ends. Nothing here runs per chunk: the forwarder only adds to a plain int.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+access_log = logging.getLogger("proxy.access")
+
+# Ollama's routes (server/routes.go); anything else is "other", so labels stay bounded.
+_FAMILIES = {
+    "/": "root",
+    "/api/version": "api/version",
+    "/api/tags": "api/tags",
+    "/api/ps": "api/ps",
+    "/api/show": "api/show",
+    "/api/generate": "api/generate",
+    "/api/chat": "api/chat",
+    "/api/embed": "api/embed",
+    "/api/embeddings": "api/embeddings",
+    "/api/pull": "api/pull",
+    "/api/push": "api/push",
+    "/api/create": "api/create",
+    "/api/copy": "api/copy",
+    "/api/delete": "api/delete",
+    "/v1/chat/completions": "v1/chat/completions",
+    "/v1/completions": "v1/completions",
+    "/v1/embeddings": "v1/embeddings",
+    "/v1/responses": "v1/responses",
+    "/v1/messages": "v1/messages",
+    "/v1/models": "v1/models",
+}
+
+MAX_MODEL_SNIFF_BYTES = 64 * 1024  # larger bodies (images, long prompts) are not parsed
+
+
+def path_family(path: str) -> str:
+    """`/api/chat?x` -> `api/chat`; `/v1/models/llama3` -> `v1/models`; unknown -> `other`."""
+    route = path.partition("?")[0].rstrip("/") or "/"
+    if route in _FAMILIES:
+        return _FAMILIES[route]
+    if route.startswith("/v1/models/"):
+        return "v1/models"
+    if route.startswith("/api/blobs/"):
+        return "api/blobs"
+    return "other"
+
+
+def model_of(body: bytes, content_type: str) -> str | None:
+    """The `model` field of a small JSON body; never anything else from it."""
+    if not body or len(body) > MAX_MODEL_SNIFF_BYTES or ("json" not in content_type and not body.startswith(b"{")):
+        return None
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return None
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return model[:200] if isinstance(model, str) else None
+
+
+@dataclass
+class Exchange:
+    """One forwarded request, as the operator sees it."""
+
+    method: str
+    path: str  # upstream path, without the query string
+    family: str
+    model: str | None = None
+    status: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    first_byte: float | None = None
+    bytes_out: int = 0
+    client_left: bool = False
+    error: str | None = None  # the gateway's own error kind, if any
+
+    def log_fields(self, now: float) -> dict:
+        ttfb = None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1)
+        fields = {
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "model": self.model,
+            "ttfb_ms": ttfb,
+            "duration_ms": round((now - self.started) * 1000, 1),
+            "bytes_out": self.bytes_out,
+            "client_left": self.client_left,
+        }
+        if self.error:
+            fields["error"] = self.error
+        return fields
+
+
+class Metrics:
+    """The gateway's Prometheus metrics, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("garden_requests", "Requests forwarded to Ollama", ["method", "family", "status"], registry=r)
+        self.in_flight = Gauge("garden_streams_in_flight", "Responses being relayed right now", registry=r)
+        self.ttfb = Histogram(
+            "garden_time_to_first_byte_seconds",
+            "From request to the response head from the backend",
+            ["family"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.duration = Histogram(
+            "garden_request_duration_seconds",
+            "From request to the last byte relayed",
+            ["family"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.bytes_relayed = Counter("garden_bytes_relayed", "Response body bytes relayed to clients", registry=r)
+        self.disconnects = Counter("garden_client_disconnects", "Clients that left before the response ended", ["family"], registry=r)
+        self.errors = Counter("garden_gateway_errors", "Errors the gateway produced itself", ["kind"], registry=r)
+
+    def record(self, exchange: Exchange) -> None:
+        """Count a finished exchange and write its access-log line. Once per request."""
+        now = time.perf_counter()
+        family = exchange.family
+        self.requests.labels(exchange.method, family, str(exchange.status)).inc()
+        if exchange.first_byte is not None:
+            self.ttfb.labels(family).observe(exchange.first_byte - exchange.started)
+        self.duration.labels(family).observe(now - exchange.started)
+        if exchange.bytes_out:
+            self.bytes_relayed.inc(exchange.bytes_out)
+        if exchange.client_left:
+            self.disconnects.labels(family).inc()
+        if exchange.error:
+            self.errors.labels(exchange.error).inc()
+        access_log.info(json.dumps(exchange.log_fields(now), separators=(",", ":")))
