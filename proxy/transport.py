@@ -59,12 +59,10 @@ class RemoteBackend:
     async def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
         request_id = uuid.uuid4().hex
         frames = self.call({**request, "request_id": request_id})
-        finished = False
         try:
             try:
                 head = await anext(frames)
             except StopAsyncIteration:
-                finished = True
                 return
             except (BackendUnavailable, asyncio.CancelledError):
                 raise
@@ -74,10 +72,12 @@ class RemoteBackend:
             yield head
             async for frame in frames:
                 yield frame
-            finished = True
+        except (GeneratorExit, asyncio.CancelledError):
+            # We stopped reading before the end (client left, or no first byte in time):
+            # the container must be told. A backend error needs no stop: it is over.
+            await self._send_stop(request_id)
+            raise
         finally:
-            if not finished:
-                await self._send_stop(request_id)
             await frames.aclose()
 
     async def _send_stop(self, request_id: str) -> None:

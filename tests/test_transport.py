@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from backend.cancel import LocalStopSignals
 from backend.wire import head_frame
 from proxy.transport import RemoteBackend, UnavailableBackend
@@ -15,12 +17,33 @@ async def test_remote_backend_failing_to_start_is_503_json(start_gateway, http):
 
         return frames()
 
-    gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
+    stops = LocalStopSignals()
+    gateway = await start_gateway(RemoteBackend(call, stops))
     async with http.post(gateway + "/ollama/api/chat", json={"model": "m"}) as response:
         assert response.status == 503
         message = (await response.json())["error"]
     assert message.startswith("the backend could not be reached or failed to start (RuntimeError: Ollama did not answer")
     assert "File" not in message
+    assert stops.sent == []  # a failed backend needs no stop
+
+
+async def test_no_first_byte_in_time_is_504_and_stops_the_remote_request(start_gateway, http):
+    seen = []
+
+    def call(request):
+        seen.append(request["request_id"])
+
+        async def frames():
+            await asyncio.sleep(30)  # a model that takes forever to load
+            yield head_frame(200, [])
+
+        return frames()
+
+    stops = LocalStopSignals()
+    gateway = await start_gateway(RemoteBackend(call, stops), ollama_timeout=0.3)
+    async with http.post(gateway + "/ollama/api/chat", json={"model": "m"}) as response:
+        assert response.status == 504
+    assert stops.sent == seen  # the container is told to give up too
 
 
 async def test_remote_backend_passes_frames_and_a_request_id(start_gateway, http):
