@@ -29,12 +29,17 @@ class HeadFrame(TypedDict):
 Frame = Union[HeadFrame, bytes]
 
 
+def _plain(headers: Headers) -> Headers:
+    # aiohttp's header names are multidict `istr`s: make them plain str before pickling.
+    return [(str(name), str(value)) for name, value in headers]
+
+
 def request_frame(method: str, path: str, headers: Headers, body: bytes) -> RequestFrame:
-    return {"method": method, "path": path, "headers": list(headers), "body": body}
+    return {"method": method, "path": path, "headers": _plain(headers), "body": bytes(body)}
 
 
 def head_frame(status: int, headers: Headers) -> HeadFrame:
-    return {"status": status, "headers": list(headers)}
+    return {"status": int(status), "headers": _plain(headers)}
 
 
 class BackendUnavailable(Exception):
