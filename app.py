@@ -112,9 +112,9 @@ else:
     requires_proxy_auth=settings.gateway_proxy_auth,  # Modal-Key/Modal-Secret on top of API keys
 )
 def gateway() -> None:
+    from backend.cancel import QueueStopSignals
     from proxy.app import create_app
     from proxy.server import serve_in_thread
-    from backend.cancel import QueueStopSignals
     from proxy.transport import RemoteBackend
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
