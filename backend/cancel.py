@@ -79,13 +79,12 @@ async def until_stopped(frames: AsyncIterator[T], stop: asyncio.Future) -> Async
     Closing `frames` (the relay) closes the connection to Ollama, which cancels the
     generation. Waiting on both costs one task per chunk, only on the Modal path.
     """
+    step: asyncio.Future | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(frames))
             await asyncio.wait((step, stop), return_when=asyncio.FIRST_COMPLETED)
             if not step.done():
-                step.cancel()
-                await asyncio.gather(step, return_exceptions=True)
                 log.info("stop signal received: closing the request to Ollama")
                 return
             try:
@@ -94,5 +93,10 @@ async def until_stopped(frames: AsyncIterator[T], stop: asyncio.Future) -> Async
                 return
             yield frame
     finally:
+        # Also reached when this input itself is cancelled while waiting: the step
+        # must end before the source can be closed (it is still running inside it).
+        if step is not None and not step.done():
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
         stop.cancel()
         await frames.aclose()

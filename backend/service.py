@@ -7,6 +7,7 @@ without Modal (its `.local()` skips async hooks and cannot run async generators)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -70,14 +71,18 @@ class OllamaService:
         """
         frames = self.relay.stream(request)
         request_id = request.get("request_id")
+        stop = None
         if stops is not None and request_id:
-            frames = until_stopped(frames, asyncio.ensure_future(stops.wait(request_id)))
+            stop = asyncio.ensure_future(stops.wait(request_id))
+            frames = until_stopped(frames, stop)
         status = 0
-        async for frame in frames:
-            if isinstance(frame, dict):
-                status = frame["status"]
-            yield frame
-        if changes_model_store(request["method"], request["path"], status):
+        async with contextlib.aclosing(frames):
+            async for frame in frames:
+                if isinstance(frame, dict):
+                    status = frame["status"]
+                yield frame
+        stopped = stop is not None and stop.done() and not stop.cancelled()
+        if not stopped and changes_model_store(request["method"], request["path"], status):
             # Modal's commit is blocking; keep the event loop free for other streams.
             await asyncio.to_thread(self.commit)
             log.info("volume committed after %s %s", request["method"], request["path"])

@@ -21,8 +21,9 @@ def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
     """Constant-time check against every configured key (no early exit on a match)."""
     if presented is None:
         return False
-    given = presented.encode()
+    # aiohttp decodes header bytes with surrogateescape: encode them back the same way.
+    given = presented.encode("utf-8", "surrogateescape")
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(given, key.encode())
+        matched |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
     return matched

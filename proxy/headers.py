@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-Headers = list[tuple[str, str]]
+from backend.wire import Headers
 
 # RFC 9110 section 7.6.1 plus the legacy Proxy-Connection: meaningful for one hop only.
 HOP_BY_HOP = frozenset(
@@ -24,8 +24,10 @@ HOP_BY_HOP = frozenset(
 
 # Never sent upstream: Host is Ollama's own (aiohttp sets it), a browser's Origin makes
 # Ollama answer 403, Content-Length is recomputed from the body we send, and the
-# gateway's credentials are the gateway's business alone.
-NOT_FORWARDED_UPSTREAM = frozenset({"host", "origin", "content-length", "authorization", "x-api-key"})
+# gateway's credentials (keys, Modal proxy auth, cookies) are the gateway's business alone.
+NOT_FORWARDED_UPSTREAM = frozenset(
+    {"host", "origin", "content-length", "authorization", "x-api-key", "modal-key", "modal-secret", "cookie"}
+)
 
 # Recomputed by the gateway's own server: aiohttp frames the body it writes.
 NOT_RETURNED = frozenset({"content-length", "date", "server"})

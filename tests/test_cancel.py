@@ -105,15 +105,12 @@ async def test_remote_transport_without_a_stop_signal_keeps_ollama_busy(standin,
     # The control: what the stop signal exists for. Closing a Modal-like stream early
     # does not reach the producer, so Ollama generates to the end for nobody.
     _, state = standin
-    state.token_delay, CHAT["options"]["num_predict"] = 0.005, 100
-    try:
-        call = detached_call(lambda request: remote.proxy(request))  # no stop signals
-        gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
-        await leave_mid_stream(gateway)
-        assert await wait_for(lambda: state.streams_finished == 1, timeout=5)
-        assert state.streams_cancelled == 0
-    finally:
-        CHAT["options"]["num_predict"] = 400
+    state.token_delay = 0.005  # 400 tokens: 2 s
+    call = detached_call(lambda request: remote.proxy(request))  # no stop signals
+    gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
+    await leave_mid_stream(gateway)
+    assert await wait_for(lambda: state.streams_finished == 1, timeout=10)
+    assert state.streams_cancelled == 0
 
 
 async def test_remote_disconnect_sends_a_stop_that_stops_ollama_within_a_second(standin, remote, start_gateway):
@@ -226,3 +223,47 @@ async def test_queue_stop_signals_use_one_partition_per_request_and_keep_waiting
     await signals.send("req-1")
     await asyncio.wait_for(waiter, 1)
     assert queue.puts == [("req-2", 3600), ("req-1", 3600)]
+
+
+async def test_until_stopped_cancelled_while_waiting_closes_the_source_cleanly():
+    # The Modal input itself cancelled (timeout, shutdown) while a chunk is awaited.
+    closed = asyncio.Event()
+
+    async def source():
+        try:
+            yield 0
+            await asyncio.sleep(60)
+            yield 1
+        finally:
+            closed.set()
+
+    stop = asyncio.get_running_loop().create_future()
+    tasks_before = len(asyncio.all_tasks())
+
+    async def consume():
+        async for _ in until_stopped(source(), stop):
+            pass
+
+    consumer = asyncio.ensure_future(consume())
+    await asyncio.sleep(0.05)
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer  # not "RuntimeError: aclose(): asynchronous generator is already running"
+    assert closed.is_set() and stop.cancelled()
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_stopped_pull_does_not_commit_the_volume(standin):
+    url, state = standin
+    state.token_delay = 0.2
+    commits = []
+    service = OllamaService(url, (), commit=lambda: commits.append(1))
+    stops = LocalStopSignals()
+    request = {"method": "POST", "path": "/api/pull", "headers": [], "body": b'{"model": "qwen3:0.6b"}', "request_id": "r1"}
+    got = []
+    async for frame in service.proxy(request, stops=stops):
+        got.append(frame)
+        if len(got) == 2:
+            await stops.send("r1")
+    assert len(got) == 2 and commits == []
+    await service.relay.aclose()
