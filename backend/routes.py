@@ -6,11 +6,36 @@ read-only mode (refuse such writes).
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 _WRITES = {("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete")}
+
+
+def path_segments(path: str) -> list[str]:
+    """The segments of `path` with empty and dot segments resolved, never above the root."""
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    return segments
+
+
+def route_of(path: str) -> str:
+    """The route Ollama will match for `path`: decoded as Go's URL.Path is (`/api/%70ull`
+    and `/api%2Fpull` are `/api/pull` to it), without query, dot segments or extra slashes.
+
+    For classifying requests only; the path forwarded stays as the client encoded it.
+    """
+    return "/" + "/".join(path_segments(unquote(path.partition("?")[0])))
 
 
 def writes_model_store(method: str, path: str) -> bool:
     """True for pull, push, create, copy, delete and blob uploads (`POST /api/blobs/<digest>`)."""
-    route = path.partition("?")[0].rstrip("/") or "/"
+    route = route_of(path)
     method = method.upper()
     return (method, route) in _WRITES or (method == "POST" and route.startswith("/api/blobs/"))

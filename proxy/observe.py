@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from backend.routes import route_of
+
 access_log = logging.getLogger("proxy.access")
 
 # Ollama's routes (server/routes.go); anything else is "other", so labels stay bounded.
@@ -39,12 +41,14 @@ _FAMILIES = {
     "/v1/models": "v1/models",
 }
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
+
 MAX_MODEL_SNIFF_BYTES = 64 * 1024  # larger bodies (images, long prompts) are not parsed
 
 
 def path_family(path: str) -> str:
     """`/api/chat?x` -> `api/chat`; `/v1/models/llama3` -> `v1/models`; unknown -> `other`."""
-    route = path.partition("?")[0].rstrip("/") or "/"
+    route = route_of(path)
     if route in _FAMILIES:
         return _FAMILIES[route]
     if route.startswith("/v1/models/"):
@@ -128,7 +132,8 @@ class Metrics:
         """Count a finished exchange and write its access-log line. Once per request."""
         now = time.perf_counter()
         family = exchange.family
-        self.requests.labels(exchange.method, family, str(exchange.status)).inc()
+        method = exchange.method if exchange.method in _METHODS else "other"  # any token is a method
+        self.requests.labels(method, family, str(exchange.status)).inc()
         if exchange.first_byte is not None:
             self.ttfb.labels(family).observe(exchange.first_byte - exchange.started)
         self.duration.labels(family).observe(now - exchange.started)

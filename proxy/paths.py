@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from backend.routes import path_segments, route_of
+
 PREFIX = "/ollama"
 
 
@@ -15,15 +17,7 @@ def upstream_path(raw_path: str, raw_query: str = "") -> str | None:
     """
     if raw_path != PREFIX and not raw_path.startswith(PREFIX + "/"):
         return None
-    segments: list[str] = []
-    for segment in raw_path[len(PREFIX) :].split("/"):
-        if segment in ("", "."):
-            continue
-        if segment == "..":
-            if segments:
-                segments.pop()
-            continue
-        segments.append(segment)
+    segments = path_segments(raw_path[len(PREFIX) :])
     path = "/" + "/".join(segments)
     if raw_path.endswith("/") and segments:
         path += "/"
@@ -35,4 +29,5 @@ def api_family(path: str) -> str:
 
     Decides the shape of errors the gateway writes itself.
     """
-    return "openai" if path == "/v1" or path.startswith("/v1/") else "ollama"
+    route = route_of(path)
+    return "openai" if route == "/v1" or route.startswith("/v1/") else "ollama"

@@ -174,3 +174,28 @@ async def test_read_only_mode_still_serves_reads_and_chat(start_gateway, http):
         async with http.request(method, gateway + "/ollama" + path) as response:
             assert response.status == 200
     assert len(backend.calls) == 5
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/api/%70ull"), ("POST", "/api%2Fpull"), ("DELETE", "/api/%64elete"), ("POST", "/api/./copy"), ("POST", "/API/../api/create")],
+)
+async def test_read_only_mode_sees_through_percent_encoding(start_gateway, http, method, path):
+    # Ollama's router matches the decoded path (Go's URL.Path), so must the check.
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_read_only=True)
+    from tests.test_forward import raw_exchange
+
+    answer = await raw_exchange(gateway, f"{method} /ollama{path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}".encode())
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert backend.calls == []
+
+
+async def test_method_labels_stay_bounded(start_gateway, http):
+    gateway = await start_gateway(RecordingBackend())
+    for method in ("PROPFIND", "MKCOL", "SEARCH"):
+        async with http.request(method, gateway + "/ollama/api/tags") as response:
+            assert response.status == 405
+    async with http.get(gateway + "/metrics") as response:
+        text = await response.text()
+    assert 'method="other"' in text and "PROPFIND" not in text and "MKCOL" not in text

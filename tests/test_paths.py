@@ -39,3 +39,17 @@ def test_upstream_path_is_always_origin_form(raw):
 @pytest.mark.parametrize(("path", "family"), [("/v1/chat/completions", "openai"), ("/v1", "openai"), ("/api/chat", "ollama"), ("/v1x", "ollama"), ("/", "ollama")])
 def test_api_family(path, family):
     assert api_family(path) == family
+
+
+@pytest.mark.parametrize(
+    ("path", "route"),
+    [("/api/%70ull", "/api/pull"), ("/api%2Fdelete?x=1", "/api/delete"), ("/a/../b/./c//d/", "/b/c/d"), ("/", "/"), ("/%2e%2e/x", "/x")],
+)
+def test_route_of_is_what_ollama_matches(path, route):
+    from backend.routes import route_of
+
+    assert route_of(path) == route
+
+
+def test_api_family_of_encoded_openai_paths():
+    assert api_family("/v1%2Fmodels") == "openai"
