@@ -52,6 +52,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
         message = exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: ")
         return error_response(exc.status, message, _family(request), headers)
+    except ConnectionResetError:
+        raise  # the client left mid-response: there is nobody to answer
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
         return error_response(500, "internal gateway error", _family(request))

@@ -73,7 +73,11 @@ class Forwarder:
         # Tell intermediaries such as nginx not to buffer the stream.
         response.headers["X-Accel-Buffering"] = "no"
         await response.prepare(request)
-        if request.method == "HEAD":  # a HEAD answer has no body, whatever the backend sends
+        if request.method == "HEAD":
+            # A HEAD answer has no body, whatever the backend sends. Reading the stream
+            # to its end (it is empty) lets a remote backend finish without a stop.
+            async for _ in frames:
+                pass
             await response.write_eof()
             return response
 

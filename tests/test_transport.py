@@ -87,3 +87,18 @@ async def test_unavailable_backend_is_503_with_its_message(start_gateway, http):
     async with http.get(gateway + "/ollama/api/tags") as response:
         assert response.status == 503
         assert await response.json() == {"error": "install Ollama"}
+
+
+async def test_head_through_the_remote_backend_sends_no_stop(standin, start_gateway, http):
+    from backend.service import OllamaService
+    from tests.test_cancel import detached_call
+
+    url, _ = standin
+    service = OllamaService(url, (), commit=lambda: None)
+    stops = LocalStopSignals()
+    gateway = await start_gateway(RemoteBackend(detached_call(lambda r: service.proxy(r, stops=stops)), stops))
+    for path in ("/", "/api/tags"):
+        async with http.head(gateway + "/ollama" + path) as response:
+            assert response.status == 200
+    assert stops.sent == []
+    await service.relay.aclose()
