@@ -10,7 +10,7 @@ import logging
 
 import modal
 
-from config import APP_NAME, forwarded_env, settings
+from config import APP_NAME, MODAL_WEB_FIRST_BYTE_LIMIT, forwarded_env, settings
 
 app = modal.App(APP_NAME)
 
@@ -54,6 +54,8 @@ BACKEND_OLLAMA_URL = "http://127.0.0.1:11434"
     volumes={MODELS_DIR: models_volume},
     scaledown_window=settings.ollama_scaledown,
     timeout=settings.ollama_timeout,
+    startup_timeout=settings.ollama_startup_timeout,  # the first start pulls the models
+    max_containers=settings.ollama_max_containers,  # a ceiling on GPUs (and on concurrent pulls)
     # No retries: a retried generator restarts and would splice two generations.
 )
 @modal.concurrent(max_inputs=settings.ollama_max_inputs)
@@ -120,4 +122,9 @@ def gateway() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     backend = RemoteBackend(OllamaBackend().proxy.remote_gen.aio, QueueStopSignals(stop_queue))
     # A thread of this process, not a subprocess, so the server can call OllamaBackend.
-    serve_in_thread(lambda: create_app(backend, settings, backend_kind="modal"), "0.0.0.0", settings.gateway_port)
+    first_byte_timeout = min(settings.ollama_timeout, MODAL_WEB_FIRST_BYTE_LIMIT)
+    serve_in_thread(
+        lambda: create_app(backend, settings, backend_kind="modal", first_byte_timeout=first_byte_timeout),
+        "0.0.0.0",
+        settings.gateway_port,
+    )

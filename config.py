@@ -21,6 +21,10 @@ MODAL_GPU_TYPES = (
     "H100", "H100!", "H200", "B200", "ANY",
 )  # fmt: skip
 
+# Modal answers a web request whose response has not started within 150 s with a 303
+# redirect (useless to a streaming client): the deployed gateway answers 504 first.
+MODAL_WEB_FIRST_BYTE_LIMIT = 140
+
 # The gateway outlives the backend's own timeout by this much, so that a backend that
 # times out is reported to the client instead of the gateway being cut first.
 GATEWAY_TIMEOUT_MARGIN = 60
@@ -106,6 +110,8 @@ class Settings:
     ollama_scaledown: int = 300
     ollama_timeout: int = 1800
     ollama_max_inputs: int = 8
+    ollama_max_containers: int = 1
+    ollama_startup_timeout: int = 3600
     ollama_model_list: tuple[str, ...] = ("glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M")
     ollama_url: str = "http://127.0.0.1:11434"
     models_volume: str = "ollama-models"
@@ -140,6 +146,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ollama_scaledown=_int(env, "OLLAMA_SCALEDOWN", defaults.ollama_scaledown, *MODAL_SCALEDOWN_RANGE),
         ollama_timeout=_int(env, "OLLAMA_TIMEOUT", defaults.ollama_timeout, 10, MODAL_MAX_TIMEOUT),
         ollama_max_inputs=_int(env, "OLLAMA_MAX_INPUTS", defaults.ollama_max_inputs, 1, 1000),
+        ollama_max_containers=_int(env, "OLLAMA_MAX_CONTAINERS", defaults.ollama_max_containers, 1, 100),
+        ollama_startup_timeout=_int(env, "OLLAMA_STARTUP_TIMEOUT", defaults.ollama_startup_timeout, 60, MODAL_MAX_TIMEOUT),
         ollama_model_list=models,
         ollama_url=_ollama_url(env.get("OLLAMA_HOST", "")),
         gateway_port=_int(env, "GATEWAY_PORT", defaults.gateway_port, 1, 65535),
@@ -159,6 +167,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 # Not OLLAMA_HOST (the backend always uses its own loopback Ollama) and never a secret.
 FORWARDED_ENV = (
     "OLLAMA_GPU", "OLLAMA_VERSION", "OLLAMA_SCALEDOWN", "OLLAMA_TIMEOUT", "OLLAMA_MAX_INPUTS",
+    "OLLAMA_MAX_CONTAINERS", "OLLAMA_STARTUP_TIMEOUT",
     "OLLAMA_MODEL_LIST", "GATEWAY_PORT", "GATEWAY_MIN_CONTAINERS", "GATEWAY_MAX_INPUTS",
     "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
     "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY",

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     port = args.port or settings.gateway_port
     local = find_ollama(settings.ollama_url)
-    app = create_app(local.backend, settings)
+    # Bound to loopback, refuse other Host names (DNS rebinding), as Ollama does.
+    app = create_app(local.backend, settings, loopback_only=args.host in ("127.0.0.1", "localhost", "::1"))
 
     async def stop_ollama(app: web.Application) -> None:
         local.stop()

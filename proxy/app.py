@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend.routes import writes_model_store
 from config import APP_NAME, Settings
-from proxy.auth import key_is_valid, presented_key
+from proxy.auth import is_loopback_host, key_is_valid, origin_may_call, presented_key
 from proxy.errors import error_response
 from proxy.forward import EXCHANGE, Forwarder
 from proxy.observe import Exchange, Metrics, path_family
@@ -87,9 +87,10 @@ def observe(metrics: Metrics) -> Callable:
     return middleware
 
 
-def access_guard(settings: Settings) -> Callable:
-    """API keys and read-only mode for forwarded paths. Preflights pass: browsers send
-    no credentials on them, and CORS answers them without the backend."""
+def access_guard(settings: Settings, loopback_only: bool) -> Callable:
+    """Host, browser origin, API keys and read-only mode for forwarded paths (and
+    /metrics). Preflights pass: browsers send no credentials on them, and CORS answers
+    them without the backend."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -98,6 +99,11 @@ def access_guard(settings: Settings) -> Callable:
         if not protected or request.method == "OPTIONS":
             return await handler(request)
         family = api_family(path) if path else "ollama"
+        if loopback_only and not is_loopback_host(request.host):
+            # A page on a rebound DNS name must not reach a gateway bound to loopback.
+            return error_response(403, f"host {request.host!r} is not allowed: use localhost or 127.0.0.1", family)
+        if not origin_may_call(request.headers.get("Origin"), settings.gateway_cors_origins, bool(settings.gateway_api_keys)):
+            return error_response(403, "origin not allowed: set GATEWAY_CORS_ORIGINS, or API keys", family)
         if settings.gateway_api_keys and not key_is_valid(presented_key(request.headers), settings.gateway_api_keys):
             return error_response(
                 401, "missing or invalid API key: send Authorization: Bearer <key>", family, {"WWW-Authenticate": "Bearer"}
@@ -144,16 +150,26 @@ def health_report(settings: Settings, backend_kind: str) -> dict:
     }
 
 
-def create_app(backend: Backend, settings: Settings, backend_kind: str = "local") -> web.Application:
-    """The gateway: `/health` here, everything under `/ollama` through `backend`."""
+def create_app(
+    backend: Backend,
+    settings: Settings,
+    backend_kind: str = "local",
+    first_byte_timeout: float | None = None,
+    loopback_only: bool = False,
+) -> web.Application:
+    """The gateway: `/health` here, everything under `/ollama` through `backend`.
+
+    `first_byte_timeout` defaults to OLLAMA_TIMEOUT; `loopback_only` refuses any Host
+    but a loopback one (local mode bound to loopback, as Ollama itself does).
+    """
     metrics = Metrics()
     app = web.Application(
-        middlewares=[observe(metrics), json_errors, access_guard(settings)],
+        middlewares=[observe(metrics), json_errors, access_guard(settings, loopback_only)],
         client_max_size=settings.gateway_max_body_mb * 1024 * 1024,
     )
     app[BACKEND_KEY] = backend
     app[METRICS_KEY] = metrics
-    forward = Forwarder(backend, first_byte_timeout=settings.ollama_timeout).handle
+    forward = Forwarder(backend, first_byte_timeout=first_byte_timeout or settings.ollama_timeout).handle
     health_body = health_report(settings, backend_kind)
 
     async def health(request: web.Request) -> web.Response:

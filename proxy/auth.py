@@ -1,4 +1,5 @@
-"""API keys: who may use the gateway. Pure functions; the middleware lives in proxy.app."""
+"""Who may use the gateway: API keys, browser origins, Host. Pure functions; the
+middleware lives in proxy.app."""
 
 from __future__ import annotations
 
@@ -27,3 +28,42 @@ def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
     for key in keys:
         matched |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
     return matched
+
+
+# What Ollama itself lets in by default (envconfig.AllowedOrigins): local pages and apps.
+LOCAL_ORIGIN_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "[::1]"})
+LOCAL_ORIGIN_SCHEMES = ("app://", "file://", "tauri://", "vscode-webview://", "vscode-file://")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def _hostname(authority: str) -> str:
+    """`host:port` -> `host`; `[::1]:80` -> `[::1]`; lower case."""
+    if authority.startswith("["):
+        return authority.split("]", 1)[0].lower() + "]"
+    return authority.rsplit(":", 1)[0].lower()
+
+
+def is_local_origin(origin: str) -> bool:
+    if origin.startswith(LOCAL_ORIGIN_SCHEMES):
+        return True
+    scheme, sep, rest = origin.partition("://")
+    return bool(sep) and scheme in ("http", "https") and _hostname(rest.split("/", 1)[0]) in LOCAL_ORIGIN_HOSTS
+
+
+def origin_may_call(origin: str | None, allowed: tuple[str, ...], keys_required: bool) -> bool:
+    """May a request carrying this browser `Origin` reach Ollama?
+
+    With API keys, yes: a page cannot send a key it does not have. Without keys the
+    gateway is the only guard (it strips Origin, so Ollama cannot check it): like Ollama,
+    it lets in requests without an Origin (curl, SDKs), the listed origins, and, for `*`,
+    only local pages and apps. Otherwise any website could drive your models from its
+    visitors' browsers.
+    """
+    if keys_required or origin is None or origin in allowed:
+        return True
+    return "*" in allowed and is_local_origin(origin)
+
+
+def is_loopback_host(host: str) -> bool:
+    """`Host` names a loopback address (any port): a defence against DNS rebinding."""
+    return _hostname(host) in LOOPBACK_HOSTS

@@ -56,7 +56,8 @@ class Forwarder:
             return error_response(503, str(exc), family)
         except TimeoutError:
             exchange.error = "first_byte_timeout"
-            return error_response(504, f"the backend sent nothing within {self.first_byte_timeout:.0f}s", family)
+            message = f"the backend sent nothing within {self.first_byte_timeout:.0f}s (a model may still be loading)"
+            return error_response(504, message, family, {"Retry-After": "10"})
         except StopAsyncIteration:
             exchange.error = "empty_backend_response"
             return error_response(502, "the backend closed the stream without a response", family)

@@ -51,11 +51,13 @@ def settings() -> Settings:
 
 @pytest.fixture
 async def start_gateway(settings: Settings) -> AsyncIterator[Callable]:
-    """Start a gateway in front of any backend; all are stopped at teardown."""
+    """Start a gateway in front of any backend (Settings fields as overrides); all are
+    stopped at teardown."""
     started: list[Served] = []
 
-    async def start(backend: Backend, **overrides) -> str:
-        served = await serve(create_app(backend, dataclasses.replace(settings, **overrides)))
+    async def start(backend: Backend, first_byte_timeout: float | None = None, loopback_only: bool = False, **overrides) -> str:
+        app = create_app(backend, dataclasses.replace(settings, **overrides), first_byte_timeout=first_byte_timeout, loopback_only=loopback_only)
+        served = await serve(app)
         started.append(served)
         return served.url
 

@@ -109,6 +109,7 @@ async def test_no_first_byte_within_the_timeout_is_504_json(start_gateway, http)
         assert response.status == 504
         error = (await response.json())["error"]
         assert error["type"] == "api_error" and "nothing within" in error["message"]
+        assert response.headers["Retry-After"] == "10"
 
 
 PREFLIGHT = {

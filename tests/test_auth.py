@@ -116,3 +116,48 @@ async def test_without_keys_the_gateway_is_open_and_warns(standin, start_gateway
     assert "no GATEWAY_API_KEYS set" in caplog.text
     async with http.get(gateway + "/ollama/api/tags") as response:
         assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed", "keys", "may"),
+    [
+        (None, ("*",), False, True),  # curl, SDKs: no Origin
+        ("http://localhost:3000", ("*",), False, True),  # a local chat UI
+        ("app://obsidian.md", ("*",), False, True),
+        ("https://evil.example", ("*",), False, False),  # any website, keyless: refused
+        ("https://evil.example", ("*",), True, True),  # with keys the key decides
+        ("https://chat.example", ("https://chat.example",), False, True),
+        ("https://evil.example", ("https://chat.example",), False, False),
+        ("http://localhost.evil.example", ("*",), False, False),
+        ("null", ("*",), False, False),
+    ],
+)
+def test_origin_may_call(origin, allowed, keys, may):
+    assert auth.origin_may_call(origin, allowed, keys) is may
+
+
+@pytest.mark.parametrize(("host", "ok"), [("localhost:8000", True), ("127.0.0.1", True), ("[::1]:8000", True), ("LocalHost", True), ("rebind.evil.example:8000", False), ("10.0.0.5:8000", False)])
+def test_is_loopback_host(host, ok):
+    assert auth.is_loopback_host(host) is ok
+
+
+async def test_keyless_gateway_refuses_foreign_origins_like_ollama_does(standin, gateway, http):
+    _, state = standin
+    async with http.post(gateway + "/ollama/api/chat", json=CHAT, headers={"Origin": "https://evil.example"}) as response:
+        assert response.status == 403
+        assert "origin not allowed" in (await response.json())["error"]
+    async with http.post(gateway + "/ollama/api/chat", json=CHAT, headers={"Origin": "http://localhost:5173"}) as response:
+        assert response.status == 200
+    assert len(state.seen) == 1
+
+
+async def test_loopback_only_gateway_refuses_other_host_names(standin, start_gateway, http):
+    url, state = standin
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), loopback_only=True)
+    async with http.get(gateway + "/ollama/api/tags", headers={"Host": "rebind.evil.example"}) as response:
+        assert response.status == 403
+    async with http.get(gateway + "/ollama/api/tags") as response:
+        assert response.status == 200
+    async with http.get(gateway + "/health", headers={"Host": "rebind.evil.example"}) as response:
+        assert response.status == 200  # nothing to protect there
+    assert len(state.seen) == 1

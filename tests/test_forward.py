@@ -150,8 +150,9 @@ async def test_paths_outside_the_prefix_are_not_forwarded(standin, gateway, http
     assert state.seen == []
 
 
-async def test_request_headers_are_forwarded_except_hop_by_hop_host_and_origin(standin, gateway, http):
-    _, state = standin
+async def test_request_headers_are_forwarded_except_hop_by_hop_host_and_origin(standin, start_gateway, http):
+    url, state = standin
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_cors_origins=("https://chat.example",))
     headers = {
         "X-Custom": "kept",
         "User-Agent": "ollama-python/0.6.3",

@@ -20,6 +20,7 @@ print(json.dumps({
                 "web": g.web_info is not None, "unauthenticated": g.web_info.unauthenticated if g.web_info else None,
                 "volumes": sorted(g.volumes), "min_containers": config.settings.gateway_min_containers},
     "backend": {"gpus": b.gpus, "timeout": b.timeout, "max_inputs": b.concurrency_info.max_inputs,
+                "startup_timeout": b.startup_timeout, "max_containers": config.settings.ollama_max_containers,
                 "retries": b.max_retries, "methods": b.method_names, "web": b.web_info is not None,
                 "volumes": {path: m.name for path, m in b.volumes.items()},
                 "scaledown": config.settings.ollama_scaledown, "models": list(config.settings.ollama_model_list)},
@@ -50,6 +51,8 @@ def test_default_wiring():
     # The backend: the GPU, the models volume, concurrent inputs, no retries, not on the web.
     assert backend["gpus"] == [["A100-40GB", 1]]
     assert backend["timeout"] == 1800
+    assert backend["startup_timeout"] == 3600  # pulling the models is not bound by a request's timeout
+    assert backend["max_containers"] == 1
     assert backend["max_inputs"] == 8
     assert backend["volumes"] == {"/ollama-models": "ollama-models"}
     assert backend["retries"] is None
@@ -66,6 +69,8 @@ def test_overridden_wiring():
         OLLAMA_TIMEOUT="7200",
         OLLAMA_MAX_INPUTS="16",
         OLLAMA_SCALEDOWN="60",
+        OLLAMA_STARTUP_TIMEOUT="7200",
+        OLLAMA_MAX_CONTAINERS="3",
         OLLAMA_MODEL_LIST="qwen3:0.6b, llama3.2",
         GATEWAY_MIN_CONTAINERS="2",
         GATEWAY_MAX_INPUTS="250",
@@ -75,6 +80,7 @@ def test_overridden_wiring():
     assert backend["timeout"] == 7200 and gateway["timeout"] >= 7200
     assert backend["max_inputs"] == 16
     assert backend["scaledown"] == 60
+    assert backend["startup_timeout"] == 7200 and backend["max_containers"] == 3
     assert backend["models"] == ["qwen3:0.6b", "llama3.2"]
     assert gateway["max_inputs"] == 250 and gateway["min_containers"] == 2
     # The same choices are baked into the images, so containers read them too.
