@@ -15,9 +15,9 @@ from backend.routes import writes_model_store
 from config import APP_NAME, Settings
 from proxy.auth import is_loopback_host, key_is_valid, origin_may_call, presented_key
 from proxy.errors import error_response
-from proxy.forward import EXCHANGE, Forwarder
+from proxy.forward import EXCHANGE, Forwarder, forwarded_path
 from proxy.observe import Exchange, Metrics, path_family
-from proxy.paths import PREFIX, api_family, upstream_path
+from proxy.paths import PREFIX, api_family
 from proxy.server import quiet_malformed_requests
 from proxy.transport import Backend
 
@@ -37,7 +37,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _family(request: web.Request) -> str:
-    path = upstream_path(request.rel_url.raw_path)
+    path = forwarded_path(request)
     return api_family(path) if path else "ollama"
 
 
@@ -64,10 +64,11 @@ def observe(metrics: Metrics) -> Callable:
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = upstream_path(request.rel_url.raw_path)
+        path = forwarded_path(request)
         if path is None or request.method == "OPTIONS":
             return await handler(request)
-        exchange = request[EXCHANGE] = Exchange(request.method, path, path_family(path))
+        route = path.partition("?")[0]  # logged without the query string
+        exchange = request[EXCHANGE] = Exchange(request.method, route, path_family(path))
         metrics.in_flight.inc()
         try:
             response = await handler(request)
@@ -94,7 +95,7 @@ def access_guard(settings: Settings, loopback_only: bool) -> Callable:
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string)
+        path = forwarded_path(request)
         protected = path is not None or request.rel_url.raw_path == METRICS_PATH
         if not protected or request.method == "OPTIONS":
             return await handler(request)

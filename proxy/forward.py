@@ -18,6 +18,14 @@ from proxy.transport import Backend
 log = logging.getLogger(__name__)
 
 EXCHANGE = web.RequestKey("exchange", Exchange)  # filled here, recorded by the observe middleware
+_PATH = web.RequestKey("upstream_path", str)
+
+
+def forwarded_path(request: web.Request) -> str | None:
+    """Where this request lands on Ollama (None: not forwarded). Computed once per request."""
+    if _PATH not in request:
+        request[_PATH] = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string) or ""
+    return request[_PATH] or None
 
 
 class Forwarder:
@@ -28,8 +36,8 @@ class Forwarder:
         self.first_byte_timeout = first_byte_timeout
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        path = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string)
-        if path is None:
+        path = forwarded_path(request)
+        if path is None:  # only routed here for /ollama and below
             raise web.HTTPNotFound()
         family = api_family(path)
         exchange: Exchange = request[EXCHANGE]
