@@ -1,0 +1,1 @@
+"""Streaming benchmark: the gateway vs nginx vs going direct (`python -m bench`)."""
