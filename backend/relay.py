@@ -81,7 +81,8 @@ class OllamaRelay:
             yield head_frame(response.status, list(response.headers.items()))
             if request["method"] == "HEAD":
                 return
-            async for chunk in response.content.iter_any():
+            content = response.content
+            while chunk := await content.readany():  # b"" only at the end of the body
                 yield chunk
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
             raise UpstreamBroken(f"Ollama's response ended early: {exc or type(exc).__name__}") from None

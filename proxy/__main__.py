@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from proxy.app import create_app
     from proxy.local import find_ollama
-    from proxy.server import RUNNER_OPTIONS
+    from proxy.server import LISTEN_BACKLOG, RUNNER_OPTIONS, new_event_loop, settle_heap
 
     port = args.port or settings.gateway_port
     local = find_ollama(settings.ollama_url)
@@ -36,11 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     app.on_cleanup.append(stop_ollama)
 
     def banner(_: str) -> None:  # run_app calls this once the socket is bound
+        settle_heap()
         print(f"gateway listening on http://{args.host}:{port}  (Ollama API under /ollama)", flush=True)
         print(f"ollama: {local.description}", flush=True)
 
+    loop = new_event_loop()
     try:
-        web.run_app(app, host=args.host, port=port, print=banner, **RUNNER_OPTIONS)
+        web.run_app(app, host=args.host, port=port, print=banner, backlog=LISTEN_BACKLOG, loop=loop, **RUNNER_OPTIONS)
     finally:
         local.stop()
     return 0

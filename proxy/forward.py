@@ -90,13 +90,13 @@ class Forwarder:
             await response.write_eof()
             return response
 
-        last = b""
+        last = b""  # the last chunk sent: where a broken stream's error tail must start
         sent = 0  # a plain int per chunk; metrics are recorded once, at the end
         try:
             async for chunk in frames:
                 await response.write(chunk)
                 sent += len(chunk)
-                last = chunk[-2:] if len(chunk) >= 2 else last[-1:] + chunk
+                last = chunk
         except (ConnectionResetError, asyncio.CancelledError):
             exchange.client_left = True
             raise  # the caller closes the backend stream
