@@ -267,3 +267,26 @@ async def test_a_stopped_pull_does_not_commit_the_volume(standin):
             await stops.send("r1")
     assert len(got) == 2 and commits == []
     await service.relay.aclose()
+
+
+async def test_200_aborted_remote_streams_leave_no_task_or_stop_waiter(standin, remote, start_gateway):
+    # The Modal-like path: per request a producer, a stop waiter and the until_stopped step.
+    _, state = standin
+    state.token_delay = 0.01
+    stops = LocalStopSignals()
+    call = detached_call(lambda request: remote.proxy(request, stops=stops))
+    gateway = await start_gateway(RemoteBackend(call, stops))
+    await leave_mid_stream(gateway, lines=1)  # warm up
+    assert await wait_for(lambda: state.active == 0 and all(p.done() for p in call.producers))
+    tasks_before, fds_before = len(asyncio.all_tasks()), open_fds()
+
+    for _ in range(4):
+        await asyncio.gather(*(leave_mid_stream(gateway, lines=1 + i % 3) for i in range(50)))
+
+    assert await wait_for(lambda: state.streams_cancelled == 201 and state.active == 0, timeout=10)
+    assert len(stops.sent) == 201
+    assert await wait_for(lambda: all(p.done() for p in call.producers), timeout=5)
+    assert await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, timeout=5), asyncio.all_tasks()
+    assert await wait_for(lambda: open_fds() <= fds_before, timeout=5), (open_fds(), fds_before)
+    assert stops._events == {}  # every stop waiter is gone
+    assert len(remote.relay._session.connector._acquired) == 0
