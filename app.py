@@ -7,6 +7,7 @@ gateway. The logic lives in `backend/` (Ollama and the relay) and `proxy/` (the 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 import modal
 
@@ -78,7 +79,7 @@ class OllamaBackend:
         self.service.start()
 
     @modal.method()
-    async def proxy(self, request: dict):
+    async def proxy(self, request: dict) -> AsyncIterator[dict | bytes]:
         """Yield the response head, then body chunks as Ollama sends them."""
         from backend.cancel import QueueStopSignals
 

@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def pull(base_url: str, model: str, log_every: float = 5.0, clock=time.monotonic) -> None:
+def pull(base_url: str, model: str, log_every: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
     """Pull `model`, logging progress at most every `log_every` seconds per layer."""
     last_logged: dict[str, float] = {}
     for event in _post_lines(base_url + "/api/pull", {"model": model, "stream": True}, timeout=None):

@@ -34,6 +34,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 _REFUSALS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def _family(request: web.Request) -> str:
@@ -59,7 +60,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return error_response(500, "internal gateway error", _family(request))
 
 
-def observe(metrics: Metrics) -> Callable:
+def observe(metrics: Metrics) -> Middleware:
     """One Exchange per forwarded request: counted and logged once, when it ends."""
 
     @web.middleware
@@ -88,7 +89,7 @@ def observe(metrics: Metrics) -> Callable:
     return middleware
 
 
-def access_guard(settings: Settings, loopback_only: bool) -> Callable:
+def access_guard(settings: Settings, loopback_only: bool) -> Middleware:
     """Host, browser origin, API keys and read-only mode for forwarded paths (and
     /metrics). Preflights pass: browsers send no credentials on them, and CORS answers
     them without the backend."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from backend.wire import BackendUnavailable, request_frame
+from backend.wire import BackendUnavailable, Frame, request_frame
 from proxy.errors import error_response, stream_error_tail
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.observe import Exchange, model_of
@@ -55,7 +56,9 @@ class Forwarder:
             # (the handler is cancelled): that is what stops generation upstream.
             await frames.aclose()
 
-    async def _relay(self, request: web.Request, frames, family: str, exchange: Exchange) -> web.StreamResponse:
+    async def _relay(
+        self, request: web.Request, frames: AsyncIterator[Frame], family: str, exchange: Exchange
+    ) -> web.StreamResponse:
         try:
             async with asyncio.timeout(self.first_byte_timeout):
                 head = await anext(frames)

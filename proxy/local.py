@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -27,7 +28,9 @@ class LocalOllama:
             self.server.stop()
 
 
-def find_ollama(base_url: str, ready_timeout: float = 60.0, which=shutil.which) -> LocalOllama:
+def find_ollama(
+    base_url: str, ready_timeout: float = 60.0, which: Callable[[str], str | None] = shutil.which
+) -> LocalOllama:
     """Use the Ollama at `base_url`; else start `ollama serve` there; else explain."""
     if is_up(base_url):
         return LocalOllama(InProcessBackend(OllamaRelay(base_url)), f"using the Ollama already running at {base_url}")
