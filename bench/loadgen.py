@@ -30,19 +30,10 @@ import resource
 import sys
 import time
 from urllib.parse import urlsplit
+from bench.procs import raise_fd_limit
 
 BODY = {"model": "llama3.2", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": True}
 CREATED = b'"created_at":"'
-
-
-def raise_fd_limit(wanted: int = 65536) -> None:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for target in (max(wanted, hard), hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
-            return
-        except (ValueError, OSError):
-            continue
 
 
 class Results:

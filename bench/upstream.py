@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
 import signal
 import sys
 import time
 from email.utils import formatdate
+from bench.procs import raise_fd_limit
 
 REPLY = "The sky is blue because air scatters short blue wavelengths of sunlight more than red ones."
 WORDS = REPLY.split(" ")
@@ -39,17 +39,6 @@ WORDS = REPLY.split(" ")
 CONTENT = [json.dumps((" " if i else "") + w).encode() for i, w in enumerate(WORDS)]
 CONTENT_LATER = [json.dumps(" " + w).encode() for w in WORDS]
 MAX_HEAD = 64 * 1024
-
-
-def raise_fd_limit(wanted: int = 65536) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    for target in (max(wanted, hard), hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, target))
-            return target
-        except (ValueError, OSError):
-            continue
-    return soft
 
 
 class Stamps:
