@@ -22,13 +22,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     from proxy.app import create_app
+    from proxy.auth import is_loopback_name
     from proxy.local import find_ollama
     from proxy.server import LISTEN_BACKLOG, RUNNER_OPTIONS, new_event_loop, settle_heap
 
     port = args.port or settings.gateway_port
     local = find_ollama(settings.ollama_url)
     # Bound to loopback, refuse other Host names (DNS rebinding), as Ollama does.
-    app = create_app(local.backend, settings, loopback_only=args.host in ("127.0.0.1", "localhost", "::1"))
+    app = create_app(local.backend, settings, loopback_only=is_loopback_name(args.host))
 
     async def stop_ollama(app: web.Application) -> None:
         local.stop()

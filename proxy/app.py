@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-
-import asyncio
 
 import aiohttp_cors
 from aiohttp import web

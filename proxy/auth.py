@@ -33,7 +33,7 @@ def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
 # What Ollama itself lets in by default (envconfig.AllowedOrigins): local pages and apps.
 LOCAL_ORIGIN_HOSTS = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "[::1]"})
 LOCAL_ORIGIN_SCHEMES = ("app://", "file://", "tauri://", "vscode-webview://", "vscode-file://")
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
 def _hostname(authority: str) -> str:
@@ -64,6 +64,11 @@ def origin_may_call(origin: str | None, allowed: tuple[str, ...], keys_required:
     return "*" in allowed and is_local_origin(origin)
 
 
+def is_loopback_name(name: str) -> bool:
+    """`name` (a host name or address, IPv6 with or without brackets) is loopback."""
+    return name.lower() in LOOPBACK_NAMES
+
+
 def is_loopback_host(host: str) -> bool:
     """`Host` names a loopback address (any port): a defence against DNS rebinding."""
-    return _hostname(host) in LOOPBACK_HOSTS
+    return is_loopback_name(_hostname(host))

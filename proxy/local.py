@@ -10,11 +10,10 @@ from urllib.parse import urlsplit
 
 from backend.ollama_server import OllamaServer, OllamaStartError, is_up
 from backend.relay import OllamaRelay
+from proxy.auth import is_loopback_name
 from proxy.transport import Backend, InProcessBackend, UnavailableBackend
 
 log = logging.getLogger(__name__)
-
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 @dataclass
@@ -36,7 +35,7 @@ def find_ollama(
         return LocalOllama(InProcessBackend(OllamaRelay(base_url)), f"using the Ollama already running at {base_url}")
     binary = which("ollama")
     host = urlsplit(base_url).hostname or ""
-    if binary and host in LOOPBACK_HOSTS:
+    if binary and is_loopback_name(host):
         server = OllamaServer(base_url, binary=binary)
         server.start()
         try:
