@@ -159,23 +159,29 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-async def test_200_aborted_streams_leave_no_task_connection_or_fd(standin, start_gateway):
-    url, state = standin
-    state.token_delay = 0.01
-    relay = OllamaRelay(url)
-    gateway = await start_gateway(InProcessBackend(relay))
-    await leave_mid_stream(gateway, lines=1)  # warm up: pools, lazy sessions
-    await wait_for(lambda: state.active == 0)
+async def abort_200_streams_and_check_nothing_is_left(gateway: str, state, relay: OllamaRelay, extra_check=lambda: True) -> None:
+    """200 streams left part-way (after a warm-up that fills pools and lazy sessions):
+    Ollama saw every one cancelled, and no task, fd or upstream connection remains."""
+    await leave_mid_stream(gateway, lines=1)
+    assert await wait_for(lambda: state.active == 0 and extra_check())
     tasks_before, fds_before = len(asyncio.all_tasks()), open_fds()
 
     for _ in range(4):
         await asyncio.gather(*(leave_mid_stream(gateway, lines=1 + i % 3) for i in range(50)))
 
     assert await wait_for(lambda: state.streams_cancelled == 201 and state.active == 0, timeout=10)
+    assert await wait_for(extra_check, timeout=5)
     assert await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, timeout=5), asyncio.all_tasks()
     assert await wait_for(lambda: open_fds() <= fds_before, timeout=5), (open_fds(), fds_before)
-    connector = relay._session.connector
-    assert len(connector._acquired) == 0  # no upstream connection still held
+    assert len(relay._session.connector._acquired) == 0  # no upstream connection still held
+
+
+async def test_200_aborted_streams_leave_no_task_connection_or_fd(standin, start_gateway):
+    url, state = standin
+    state.token_delay = 0.01
+    relay = OllamaRelay(url)
+    gateway = await start_gateway(InProcessBackend(relay))
+    await abort_200_streams_and_check_nothing_is_left(gateway, state, relay)
 
 
 class FakeModalQueue:
@@ -276,17 +282,6 @@ async def test_200_aborted_remote_streams_leave_no_task_or_stop_waiter(standin, 
     stops = LocalStopSignals()
     call = detached_call(lambda request: remote.proxy(request, stops=stops))
     gateway = await start_gateway(RemoteBackend(call, stops))
-    await leave_mid_stream(gateway, lines=1)  # warm up
-    assert await wait_for(lambda: state.active == 0 and all(p.done() for p in call.producers))
-    tasks_before, fds_before = len(asyncio.all_tasks()), open_fds()
-
-    for _ in range(4):
-        await asyncio.gather(*(leave_mid_stream(gateway, lines=1 + i % 3) for i in range(50)))
-
-    assert await wait_for(lambda: state.streams_cancelled == 201 and state.active == 0, timeout=10)
+    await abort_200_streams_and_check_nothing_is_left(gateway, state, remote.relay, lambda: all(p.done() for p in call.producers))
     assert len(stops.sent) == 201
-    assert await wait_for(lambda: all(p.done() for p in call.producers), timeout=5)
-    assert await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, timeout=5), asyncio.all_tasks()
-    assert await wait_for(lambda: open_fds() <= fds_before, timeout=5), (open_fds(), fds_before)
     assert stops._events == {}  # every stop waiter is gone
-    assert len(remote.relay._session.connector._acquired) == 0
