@@ -1,26 +1,82 @@
-"""The relay: one request to the local Ollama, streamed back as frames.
+"""The relay: one request to the local Ollama, its response pushed or streamed back.
 
 This is the code the Modal method runs on the GPU container, and the code local mode
-runs in process. It holds one aiohttp connection pool for its whole life and never
-reads a whole response body: each chunk is yielded as soon as Ollama sends it.
+runs in process. It keeps one pool of keep-alive connections for its whole life and
+never reads a whole response body: each chunk moves on as soon as Ollama sends it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import ssl
+import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 from yarl import URL
 
-from backend.wire import BackendUnavailable, Frame, RequestFrame, UpstreamBroken, head_frame
+from backend.http1 import BodySink, ConnectionClosed, Http1Connection
+from backend.wire import BackendUnavailable, Frame, Headers, RequestFrame, UpstreamBroken, head_frame
 
 log = logging.getLogger(__name__)
 
-# No total timeout: a generation may legitimately run for the whole request timeout,
-# which the caller enforces. Connecting to a loopback Ollama is instant or it is down.
-_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=None)
+# Connecting to a loopback Ollama is instant or it is down. There is no total timeout:
+# a generation may legitimately run for the whole request timeout, which callers enforce.
+CONNECT_TIMEOUT = 10.0
+# Idle keep-alive connections kept for reuse (as many as a burst of streams opened),
+# each for at most IDLE_SECONDS; beyond either, a connection is closed.
+MAX_IDLE = 1024
+IDLE_SECONDS = 30.0
+# Methods whose request always carries a length, even an empty one (as aiohttp sends).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def serialize_request(method: str, target: str, host: str, headers: Headers, body: bytes) -> bytes:
+    """An HTTP/1.1 request head and body. Header names and values that could split the
+    head (CR, LF) are refused: they never come from aiohttp's parser, but this is the
+    last place that could let one through."""
+    if not method.isalpha() or any(c in target for c in " \r\n"):
+        raise ValueError(f"refusing to send a malformed request line: {method!r} {target!r}")
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    for name, value in headers:
+        if any(c in name or c in value for c in "\r\n") or ":" in name:
+            raise ValueError(f"refusing to send a malformed header: {name!r}")
+        lines.append(f"{name}: {value}")
+    if body or method in _BODY_METHODS:
+        lines.append(f"Content-Length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    return head + body if body else head
+
+
+class UpstreamResponse:
+    """Ollama's answer to one request: its head now, its body pushed or pulled later.
+
+    `aclose()` must follow: a finished body returns the connection to the pool; an
+    unfinished one closes it, which is how Ollama learns to stop generating.
+    """
+
+    def __init__(self, relay: OllamaRelay, connection: Http1Connection, status: int, headers: Headers) -> None:
+        self.status = status
+        self.headers = headers
+        self._relay = relay
+        self._connection: Http1Connection | None = connection
+
+    async def send_body(self, sink: BodySink) -> None:
+        """Write each body chunk to `sink` as it arrives; raises `UpstreamBroken`."""
+        assert self._connection is not None, "the response was closed"
+        await self._connection.send_body(sink)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as an async iterator of chunks, for callers that must pull."""
+        assert self._connection is not None, "the response was closed"
+        while chunk := await self._connection.next_chunk():
+            yield chunk
+
+    async def aclose(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._relay._release(connection)
 
 
 class OllamaRelay:
@@ -31,18 +87,10 @@ class OllamaRelay:
         if url.host is None or url.scheme not in ("http", "https"):
             raise ValueError(f"not an http(s) base URL: {base_url!r}")
         self.base_url = url
-        self._session: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        # Created lazily so it binds to the event loop that serves requests.
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=_TIMEOUT,
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
-                auto_decompress=False,  # relay bytes exactly as Ollama sent them
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            )
-        return self._session
+        # Ollama sees its own host:port as Host, as if it were called directly.
+        self._host_header = f"{url.raw_host}:{url.port}" if not url.is_default_port() else (url.raw_host or "")
+        self._idle: collections.deque[tuple[float, Http1Connection]] = collections.deque()  # oldest first
+        self._busy: set[Http1Connection] = set()
 
     def url_for(self, path: str) -> URL:
         """The URL on *this* Ollama for an origin-form `path` (with its query)."""
@@ -58,43 +106,86 @@ class OllamaRelay:
             encoded=True,  # keep the client's percent-encoding as it was
         )
 
-    async def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
-        """Yield the head frame, then body chunks as they arrive.
+    @property
+    def connections_in_use(self) -> int:
+        return len(self._busy)
 
-        Closing this generator early (the client left) closes the upstream
-        connection, which is how Ollama learns to stop generating.
+    async def open(self, request: RequestFrame) -> UpstreamResponse:
+        """Send `request`; return once Ollama's response head is in.
+
+        Raises `BackendUnavailable` if Ollama cannot be reached or closes the
+        connection before answering. Cancelling this cancels the request.
         """
-        url = self.url_for(request["path"])
-        # aiohttp sets Host from the URL: Ollama sees its own host:port.
+        self.url_for(request["path"])  # validates: origin-form, on this Ollama
+        method = request["method"]
+        # Host is Ollama's own (set above), never the client's.
         headers = [(k, v) for k, v in request["headers"] if k.lower() != "host"]
+        payload = serialize_request(method, request["path"], self._host_header, headers, request["body"])
+        for attempt in range(2):
+            connection, reused = await self._acquire()
+            try:
+                status, response_headers = await connection.send(payload, head_only=method == "HEAD")
+            except ConnectionClosed as exc:
+                self._release(connection)
+                if reused and attempt == 0:
+                    continue  # Ollama dropped an idle connection as we reused it: once more, fresh
+                raise BackendUnavailable(f"Ollama at {self.base_url} closed the connection without answering ({exc})") from None
+            except BaseException:
+                connection.close()
+                self._release(connection)
+                raise
+            return UpstreamResponse(self, connection, status, response_headers)
+        raise AssertionError("unreachable")
+
+    async def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
+        """The response as frames: the head, then body chunks as they arrive.
+
+        This is the shape the Modal method yields. Closing the generator early closes
+        the upstream connection, which is how Ollama learns to stop generating.
+        """
+        response = await self.open(request)
         try:
-            response = await self._client().request(
-                request["method"],
-                url,
-                headers=headers,
-                data=request["body"] or None,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientConnectionError, OSError, asyncio.TimeoutError) as exc:
-            raise BackendUnavailable(f"Ollama is not reachable at {self.base_url}: {exc or type(exc).__name__}") from None
-        try:
-            yield head_frame(response.status, list(response.headers.items()))
-            if request["method"] == "HEAD":
-                return
-            content = response.content
-            while chunk := await content.readany():  # b"" only at the end of the body
+            yield head_frame(response.status, response.headers)
+            async for chunk in response.chunks():
                 yield chunk
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamBroken(f"Ollama's response ended early: {exc or type(exc).__name__}") from None
         finally:
-            # release() would drain the body into the pool; close() drops the
-            # connection, which is what cancels a generation mid-stream.
-            if response.content.at_eof():
-                response.release()
-            else:
-                response.close()
+            await response.aclose()
+
+    async def _acquire(self) -> tuple[Http1Connection, bool]:
+        self._prune_idle()
+        while self._idle:
+            _, connection = self._idle.pop()  # the most recently used: least likely to be stale
+            if not connection.closed and connection.transport is not None and not connection.transport.is_closing():
+                self._busy.add(connection)
+                return connection, True
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                _, connection = await asyncio.get_running_loop().create_connection(
+                    Http1Connection,
+                    self.base_url.raw_host,
+                    self.base_url.port,
+                    ssl=ssl.create_default_context() if self.base_url.scheme == "https" else None,
+                )
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise BackendUnavailable(f"Ollama is not reachable at {self.base_url}: {exc or type(exc).__name__}") from None
+        self._busy.add(connection)
+        return connection, False
+
+    def _release(self, connection: Http1Connection) -> None:
+        self._busy.discard(connection)
+        if connection.reusable and connection.complete and not connection.closed and len(self._idle) < MAX_IDLE:
+            self._idle.append((time.monotonic(), connection))
+        else:
+            connection.close()
+        self._prune_idle()
+
+    def _prune_idle(self) -> None:
+        too_old = time.monotonic() - IDLE_SECONDS
+        while self._idle and (self._idle[0][0] < too_old or self._idle[0][1].closed):
+            self._idle.popleft()[1].close()
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for connection in [*(c for _, c in self._idle), *self._busy]:
+            connection.close()
+        self._idle.clear()
+        self._busy.clear()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from backend.wire import BackendUnavailable, Frame, request_frame
+from backend.wire import BackendUnavailable, UpstreamBroken, request_frame
 from proxy.errors import error_response, stream_error_tail
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.observe import Exchange, model_of
 from proxy.paths import api_family, upstream_path
-from proxy.transport import Backend
+from proxy.transport import Backend, BackendResponse
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +26,56 @@ def forwarded_path(request: web.Request) -> str | None:
     if _PATH not in request:
         request[_PATH] = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string) or ""
     return request[_PATH] or None
+
+
+class ClientBody:
+    """The `BodySink` that writes a streamed response body to the client's socket.
+
+    Each chunk goes to the transport in the call that delivers it, framed the way the
+    response's head announced (chunked or not): no task, queue or copy per chunk beyond
+    the chunk-size line. aiohttp's writer still owns the head and the final
+    `write_eof()`; flow control is aiohttp's too (`drain()` waits while the socket's
+    buffer is over its high-water mark).
+    """
+
+    HIGH_WATER = 64 * 1024
+
+    def __init__(self, request: web.Request, response: web.StreamResponse) -> None:
+        self._request = request
+        self._transport = request.transport
+        self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self.sent = 0  # a plain int per chunk; metrics are recorded once, at the end
+        self.last = b""  # the last chunk sent: where a broken stream's error tail must start
+        request.writer.send_headers()  # aiohttp holds the head back until the first write
+
+    def write(self, chunk: bytes) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False  # the client left; drain() says so
+        if not chunk:
+            return True  # an empty chunk would end a chunked body
+        if self._chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            transport.write(chunk)
+        self.sent += len(chunk)
+        self.last = chunk
+        return transport.get_write_buffer_size() < self.HIGH_WATER
+
+    async def drain(self) -> None:
+        if self._transport is None or self._transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        await self._request.writer.drain()
+
+
+class _Discard:
+    """A sink for a body nobody will see (a HEAD answer)."""
+
+    def write(self, chunk: bytes) -> bool:
+        return True
+
+    async def drain(self) -> None:
+        return None
 
 
 class Forwarder:
@@ -46,22 +95,10 @@ class Forwarder:
         # whole body as a call argument anyway. Response bodies are never buffered.
         body = await request.read()
         exchange.model = model_of(body, request.content_type)
-        frames = self.backend.stream(
-            request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
-        )
-        try:
-            return await self._relay(request, frames, family, exchange)
-        finally:
-            # Closes the backend stream on every exit, including a client that left
-            # (the handler is cancelled): that is what stops generation upstream.
-            await frames.aclose()
-
-    async def _relay(
-        self, request: web.Request, frames: AsyncIterator[Frame], family: str, exchange: Exchange
-    ) -> web.StreamResponse:
+        frame = request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
         try:
             async with asyncio.timeout(self.first_byte_timeout):
-                head = await anext(frames)
+                upstream = await self.backend.open(frame)
         except BackendUnavailable as exc:
             exchange.error = "backend_unavailable"
             return error_response(503, str(exc), family)
@@ -69,48 +106,49 @@ class Forwarder:
             exchange.error = "first_byte_timeout"
             message = f"the backend sent nothing within {self.first_byte_timeout:.0f}s (a model may still be loading)"
             return error_response(504, message, family, {"Retry-After": "10"})
-        except StopAsyncIteration:
+        except UpstreamBroken as exc:
             exchange.error = "empty_backend_response"
-            return error_response(502, "the backend closed the stream without a response", family)
+            return error_response(502, str(exc), family)
         except Exception as exc:  # noqa: BLE001 (anything from the transport is a bad gateway)
             log.exception("backend failed before the response head")
             exchange.error = "backend_failed"
             return error_response(502, f"the backend failed: {type(exc).__name__}", family)
+        try:
+            return await self._relay(request, upstream, exchange)
+        finally:
+            # Releases the backend response on every exit, including a client that left
+            # (the handler is cancelled): that is what stops generation upstream.
+            await upstream.aclose()
 
+    async def _relay(self, request: web.Request, upstream: BackendResponse, exchange: Exchange) -> web.StreamResponse:
         exchange.first_byte = time.perf_counter()
-        exchange.status = head["status"]
-        response = web.StreamResponse(status=head["status"])
-        for name, value in client_response_headers(head["headers"]):
+        exchange.status = upstream.status
+        response = web.StreamResponse(status=upstream.status)
+        for name, value in client_response_headers(upstream.headers):
             response.headers.add(name, value)
         # Tell intermediaries such as nginx not to buffer the stream.
         response.headers["X-Accel-Buffering"] = "no"
         await response.prepare(request)
         if request.method == "HEAD":
-            # A HEAD answer has no body, whatever the backend sends. Reading the stream
-            # to its end (it is empty) lets a remote backend finish without a stop.
-            async for _ in frames:
-                pass
+            # A HEAD answer has no body, whatever the backend sends. Reading it to its
+            # end (it is empty) lets a remote backend finish without a stop.
+            await upstream.send_body(_Discard())
             await response.write_eof()
             return response
 
-        last = b""  # the last chunk sent: where a broken stream's error tail must start
-        sent = 0  # a plain int per chunk; metrics are recorded once, at the end
+        body = ClientBody(request, response)
         try:
-            async for chunk in frames:
-                await response.write(chunk)
-                sent += len(chunk)
-                last = chunk
+            await upstream.send_body(body)
         except (ConnectionResetError, asyncio.CancelledError):
             exchange.client_left = True
-            raise  # the caller closes the backend stream
+            raise  # the caller closes the backend response
         except Exception as exc:  # noqa: BLE001
             log.warning("stream from the backend broke: %s", exc)
             exchange.error = "stream_broken"
-            tail = stream_error_tail(response.content_type, f"upstream stream ended early: {exc}", last)
+            tail = stream_error_tail(response.content_type, f"upstream stream ended early: {exc}", body.last)
             if tail:
-                await response.write(tail)
-                sent += len(tail)
+                body.write(tail)
         finally:
-            exchange.bytes_out = sent
+            exchange.bytes_out = body.sent
         await response.write_eof()
         return response

@@ -22,11 +22,12 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-# Never sent upstream: Host is Ollama's own (aiohttp sets it), a browser's Origin makes
-# Ollama answer 403, Content-Length is recomputed from the body we send, and the
-# gateway's credentials (keys, Modal proxy auth, cookies) are the gateway's business alone.
+# Never sent upstream: Host is Ollama's own (the relay sets it), a browser's Origin makes
+# Ollama answer 403, Content-Length is recomputed from the body we send, Expect was
+# already answered (the gateway has the whole body), and the gateway's credentials
+# (keys, Modal proxy auth, cookies) are the gateway's business alone.
 NOT_FORWARDED_UPSTREAM = frozenset(
-    {"host", "origin", "content-length", "authorization", "x-api-key", "modal-key", "modal-secret", "cookie"}
+    {"host", "origin", "content-length", "expect", "authorization", "x-api-key", "modal-key", "modal-secret", "cookie"}
 )
 
 # Recomputed by the gateway's own server: aiohttp frames the body it writes.

@@ -1,8 +1,11 @@
 """The seam between the gateway and "a backend".
 
-The gateway only knows `Backend.stream(request)`: an async iterator of frames (a head
-dict, then bytes). Two transports implement it: in process (local mode, tests) and Modal
-RPC (the deployed gateway). The relay itself lives once, in `backend.relay`.
+The gateway knows two calls: `Backend.open(request)`, which returns the response head,
+and `BackendResponse.send_body(sink)`, which writes the body into a `BodySink` as it
+arrives. Two transports implement them: in process (local mode, tests), where the relay
+pushes each chunk from the socket callback straight to the client, and Modal RPC (the
+deployed gateway), where frames arrive from a remote generator. The relay itself lives
+once, in `backend.relay`.
 """
 
 from __future__ import annotations
@@ -14,16 +17,29 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from backend.cancel import StopSignals
+from backend.http1 import BodySink
 from backend.relay import OllamaRelay
-from backend.wire import BackendUnavailable, Frame, RequestFrame
-
+from backend.wire import BackendUnavailable, Frame, Headers, RequestFrame, UpstreamBroken
 
 log = logging.getLogger(__name__)
 
 
+class BackendResponse(Protocol):
+    status: int
+    headers: Headers
+
+    async def send_body(self, sink: BodySink) -> None:
+        """Write body chunks to `sink` as they arrive; return at the end. Raises `UpstreamBroken`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the response. If its body was not finished, the backend stops its work."""
+        ...
+
+
 class Backend(Protocol):
-    def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
-        """Yield the response head, then body chunks. Closing it early cancels the request."""
+    async def open(self, request: RequestFrame) -> BackendResponse:
+        """Send `request`, return its response head. Raises `BackendUnavailable`."""
         ...
 
     async def aclose(self) -> None: ...
@@ -35,8 +51,8 @@ class InProcessBackend:
     def __init__(self, relay: OllamaRelay) -> None:
         self.relay = relay
 
-    def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
-        return self.relay.stream(request)
+    async def open(self, request: RequestFrame) -> BackendResponse:
+        return await self.relay.open(request)
 
     async def aclose(self) -> None:
         await self.relay.aclose()
@@ -56,31 +72,32 @@ class RemoteBackend:
         self.call = call
         self.stops = stops
 
-    async def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
+    async def open(self, request: RequestFrame) -> BackendResponse:
         request_id = uuid.uuid4().hex
         frames = self.call({**request, "request_id": request_id})
         try:
-            try:
-                head = await anext(frames)
-            except StopAsyncIteration:
-                return
-            except (BackendUnavailable, asyncio.CancelledError):
-                raise
-            except Exception as exc:  # noqa: BLE001 (the container could not be reached or failed to start)
-                first_line = (str(exc).splitlines() or [""])[0][:200]
-                raise BackendUnavailable(f"the backend could not be reached or failed to start ({type(exc).__name__}: {first_line})") from None
-            yield head
-            async for frame in frames:
-                yield frame
-        except (GeneratorExit, asyncio.CancelledError):
-            # We stopped reading before the end (client left, or no first byte in time):
-            # the container must be told. A backend error needs no stop: it is over.
-            await self._send_stop(request_id)
-            raise
-        finally:
+            head = await anext(frames)
+        except StopAsyncIteration:
             await frames.aclose()
+            raise UpstreamBroken("the backend closed the stream without a response") from None
+        except BackendUnavailable:
+            await frames.aclose()
+            raise
+        except asyncio.CancelledError:
+            # No head in time (or the client left): the container must be told.
+            await self.send_stop(request_id)
+            await frames.aclose()
+            raise
+        except Exception as exc:  # noqa: BLE001 (the container could not be reached or failed to start)
+            await frames.aclose()
+            first_line = (str(exc).splitlines() or [""])[0][:200]
+            raise BackendUnavailable(f"the backend could not be reached or failed to start ({type(exc).__name__}: {first_line})") from None
+        if not isinstance(head, dict):
+            await frames.aclose()
+            raise UpstreamBroken("the backend sent a body before its response head")
+        return RemoteResponse(self, request_id, head["status"], head["headers"], frames)
 
-    async def _send_stop(self, request_id: str) -> None:
+    async def send_stop(self, request_id: str) -> None:
         try:
             async with asyncio.timeout(self.STOP_SEND_TIMEOUT):
                 await asyncio.shield(self.stops.send(request_id))
@@ -91,15 +108,45 @@ class RemoteBackend:
         return None
 
 
+class RemoteResponse:
+    """A response whose body frames come from a remote generator."""
+
+    def __init__(self, backend: RemoteBackend, request_id: str, status: int, headers: Headers, frames: AsyncIterator[Frame]) -> None:
+        self.status = status
+        self.headers = headers
+        self._backend = backend
+        self._request_id = request_id
+        self._frames = frames
+        self._over = False  # the backend finished (or failed) on its own: no stop needed
+
+    async def send_body(self, sink: BodySink) -> None:
+        try:
+            async for chunk in self._frames:
+                if not sink.write(chunk):
+                    await sink.drain()
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise  # we stop reading: aclose() sends the stop
+        except Exception:
+            self._over = True  # a backend error ends its work; nothing to stop
+            raise
+        self._over = True
+
+    async def aclose(self) -> None:
+        if not self._over:
+            # We stopped reading before the end (client left, HEAD, an error of ours).
+            self._over = True
+            await self._backend.send_stop(self._request_id)
+        await self._frames.aclose()
+
+
 class UnavailableBackend:
     """No Ollama to talk to: every forwarded request gets a 503 that says why."""
 
     def __init__(self, message: str) -> None:
         self.message = message
 
-    async def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
+    async def open(self, request: RequestFrame) -> BackendResponse:
         raise BackendUnavailable(self.message)
-        yield  # pragma: no cover  (makes this an async generator)
 
     async def aclose(self) -> None:
         return None

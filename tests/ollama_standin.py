@@ -37,6 +37,7 @@ class Seen:
     path: str  # with the query string, as received
     headers: dict[str, str]
     body: bytes
+    peer: tuple = ()  # the client's (host, port): which connection carried the request
 
 
 @dataclass
@@ -83,7 +84,7 @@ def _host_allowed(host: str) -> bool:
 async def record_and_check(request: web.Request, handler):
     state = request.app[STATE_KEY]
     body = await request.read()
-    state.seen.append(Seen(request.method, request.raw_path, dict(request.headers), body))
+    state.seen.append(Seen(request.method, request.raw_path, dict(request.headers), body, tuple(request.transport.get_extra_info("peername") or ())))
     if "Origin" in request.headers and not _origin_allowed(request.headers["Origin"]):
         return web.Response(status=403)  # Ollama: 403 with an empty body
     if not _host_allowed(request.headers.get("Host", "")):

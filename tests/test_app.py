@@ -6,13 +6,17 @@ import asyncio
 
 import pytest
 
+from backend.cancel import LocalStopSignals
 from backend.wire import head_frame
+from proxy.transport import RemoteBackend
 
 
-class RecordingBackend:
-    """A backend that records each call and answers 200 with a fixed body."""
+class RecordingBackend(RemoteBackend):
+    """A backend that records each call and answers 200 with a fixed body. Its frames
+    come from `stream`, as a Modal method's would."""
 
     def __init__(self) -> None:
+        super().__init__(self.stream, LocalStopSignals())
         self.calls: list[dict] = []
 
     async def stream(self, request):
@@ -87,9 +91,8 @@ async def test_body_over_the_limit_is_413_json_before_the_backend(start_gateway,
 
 async def test_backend_failure_before_the_head_is_502_json(start_gateway, http):
     class BrokenBackend(RecordingBackend):
-        async def stream(self, request):
+        async def open(self, request):
             raise RuntimeError("container crashed\nTraceback (most recent call last): ...")
-            yield b""
 
     gateway = await start_gateway(BrokenBackend())
     async with http.post(gateway + "/ollama/api/chat", json={"model": "m"}) as response:

@@ -320,25 +320,33 @@ async def test_page_on_another_origin_streams_openai_sse_token_by_token(standin,
     assert [(s.method, s.path) for s in state.seen] == [("POST", "/v1/chat/completions")]
 
 
-class SplitFrames:
+class SplitChunks:
     """A backend whose body chunks arrive in two pieces, cut mid-line, a moment apart:
     what the network may do to any stream. The page must put the lines back together."""
 
     def __init__(self, inner: InProcessBackend) -> None:
         self.inner = inner
 
-    async def stream(self, request):
-        frames = self.inner.stream(request)
-        try:
-            async for frame in frames:
-                if isinstance(frame, bytes) and len(frame) > 2:
-                    cut = len(frame) // 2
-                    yield frame[:cut]
-                    await asyncio.sleep(0.05)
-                    frame = frame[cut:]
-                yield frame
-        finally:
-            await frames.aclose()
+    async def open(self, request):
+        return SplitResponse(await self.inner.open(request))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class SplitResponse:
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.status, self.headers = inner.status, inner.headers
+
+    async def send_body(self, sink) -> None:
+        async for chunk in self.inner.chunks():
+            if len(chunk) > 2:
+                cut = len(chunk) // 2
+                sink.write(chunk[:cut])
+                await asyncio.sleep(0.05)
+                chunk = chunk[cut:]
+            sink.write(chunk)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -347,7 +355,7 @@ class SplitFrames:
 @pytest.mark.parametrize("kind", ["ndjson", "sse"])
 async def test_page_puts_lines_split_across_reads_back_together(standin, start_gateway, page_origin, browser, kind):
     url, state = standin
-    gateway = await start_gateway(SplitFrames(InProcessBackend(OllamaRelay(url))), gateway_api_keys=(KEY,))
+    gateway = await start_gateway(SplitChunks(InProcessBackend(OllamaRelay(url))), gateway_api_keys=(KEY,))
     await open_page(browser, page_origin, gateway)
     result = await chat(browser, kind, KEY, "reply")
     assert result.get("status") == 200 and result["streamErrors"] == [], result

@@ -173,7 +173,7 @@ async def abort_200_streams_and_check_nothing_is_left(gateway: str, state, relay
     assert await wait_for(extra_check, timeout=5)
     assert await wait_for(lambda: len(asyncio.all_tasks()) <= tasks_before, timeout=5), asyncio.all_tasks()
     assert await wait_for(lambda: open_fds() <= fds_before, timeout=5), (open_fds(), fds_before)
-    assert len(relay._session.connector._acquired) == 0  # no upstream connection still held
+    assert relay.connections_in_use == 0  # no upstream connection still held
 
 
 async def test_200_aborted_streams_leave_no_task_connection_or_fd(standin, start_gateway):

@@ -188,16 +188,21 @@ async def test_large_request_body_reaches_ollama_intact(standin, gateway, http):
 
 
 async def test_one_upstream_pool_serves_many_requests(standin, start_gateway, http):
-    url, _ = standin
+    url, state = standin
     relay = OllamaRelay(url)
     gateway = await start_gateway(InProcessBackend(relay))
     results = await asyncio.gather(*(http.get(gateway + "/ollama/api/tags") for _ in range(20)))
     assert {r.status for r in results} == {200}
-    session = relay._session
-    for _ in range(3):
-        async with http.get(gateway + "/ollama/api/version") as response:
+    concurrent = {seen.peer for seen in state.seen}
+    for _ in range(5):
+        async with http.post(gateway + "/ollama/api/chat", json=CHAT) as response:
             assert response.status == 200
-    assert relay._session is session  # the same pool, never one per request
+            await response.read()
+    later = [seen.peer for seen in state.seen[20:]]
+    # Keep-alive connections are reused, one after another, from the pool the first
+    # requests filled: no new connection (and no new pool) per request.
+    assert len(set(later)) == 1 and set(later) <= concurrent
+    assert relay.connections_in_use == 0
 
 
 async def test_gateway_forwards_to_unreachable_ollama_as_503_json(start_gateway, http):
