@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
@@ -77,3 +78,46 @@ async def gateway(standin, start_gateway) -> str:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    """One request: its head, and its body if it has a Content-Length."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[str, list[bytes]]]]]:
+    """Start a TCP server running `handler(reader, writer, connection_number)`; returns
+    its base URL and the list of requests it records (handlers append to it)."""
+    servers: list[asyncio.Server] = []
+
+    async def start(handler: Handler) -> tuple[str, list[bytes]]:
+        count = 0
+
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal count
+            count += 1
+            try:
+                await handler(reader, writer, count)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", []
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()

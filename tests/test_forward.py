@@ -10,6 +10,7 @@ import pytest
 
 from backend.relay import OllamaRelay
 from proxy.transport import InProcessBackend
+from tests.conftest import read_request
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
 
@@ -203,6 +204,50 @@ async def test_one_upstream_pool_serves_many_requests(standin, start_gateway, ht
     # requests filled: no new connection (and no new pool) per request.
     assert len(set(later)) == 1 and set(later) <= concurrent
     assert relay.connections_in_use == 0
+
+
+async def test_a_client_that_reads_slowly_holds_ollama_back_and_gets_every_byte(raw_upstream, start_gateway):
+    piece = bytes(range(256)) * 256  # 64 KiB
+    count = 1024  # 64 MiB: more than every socket buffer on the way can hold
+    written = 0
+
+    async def handler(reader, writer, _):
+        nonlocal written
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(count):
+            writer.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            await writer.drain()  # blocks while nobody downstream reads
+            written += len(piece)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    url, _ = await raw_upstream(handler)
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)))
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /ollama/api/blobs/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    await asyncio.sleep(0.5)  # the client reads nothing: buffers fill up, then everything waits
+    stalled_at = written
+    await asyncio.sleep(0.5)
+    assert written == stalled_at < count * len(piece)  # Ollama is held back, not buffered by the gateway
+    body = await reader.read()  # the client reads: everything arrives, in order
+    writer.close()
+    assert b"".join(_dechunk(body)) == piece * count
+
+
+def _dechunk(body: bytes):
+    at = 0
+    while True:
+        line_end = body.index(b"\r\n", at)
+        size = int(body[at:line_end], 16)
+        if size == 0:
+            return
+        yield body[line_end + 2 : line_end + 2 + size]
+        at = line_end + 2 + size + 2
 
 
 async def test_gateway_forwards_to_unreachable_ollama_as_503_json(start_gateway, http):
