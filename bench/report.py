@@ -33,7 +33,25 @@ def _held(runs: list[dict]) -> tuple[int, int]:
     return best, peak
 
 
-def build(args, info: dict, steady_runs: dict, sat_runs: dict, steady_hwm: dict, sat_hwm: dict) -> dict:
+def cost_split(runs: dict[int, dict], who: str) -> dict | None:
+    """CPU per stream = fixed + per_token x lines per stream, solved from a short and a long run."""
+    if len(runs) != 2:
+        return None
+    (short, a), (long, b) = sorted(runs.items())
+    per_stream = {n: r["cpu"][who] / r["streams"] for n, r in runs.items()}
+    lines = {n: r["lines"] / r["streams"] for n, r in runs.items()}
+    if not a["ok"] or not b["ok"] or lines[long] <= lines[short]:
+        return None
+    per_token = (per_stream[long] - per_stream[short]) / (lines[long] - lines[short])
+    return {
+        "per_token_us": 1e6 * per_token,
+        "per_stream_us": 1e6 * (per_stream[short] - per_token * lines[short]),
+        "cpu_per_token_us": {n: 1e6 * per_stream[n] / lines[n] for n in runs},
+        "ok": {n: r["ok"] for n, r in runs.items()},
+    }
+
+
+def build(args, info: dict, steady_runs: dict, sat_runs: dict, steady_hwm: dict, sat_hwm: dict, split_runs: dict | None = None) -> dict:
     steady = {t: summarise(runs) for t, runs in steady_runs.items()}
     d = steady["direct"]
     fig: dict[str, dict[str, float | None]] = {}
@@ -110,6 +128,7 @@ def build(args, info: dict, steady_runs: dict, sat_runs: dict, steady_hwm: dict,
         "saturation": sat_rows,
         "targets": targets,
         "held": held,
+        "split": {t: cost_split(runs, t) for t, runs in (split_runs or {}).items()},
     }
 
 
@@ -206,6 +225,27 @@ def markdown(res: dict) -> str:
             f"{_fmt(r['ttfb_p99_ms'])} | {_fmt(r['gap_p99_ms'])} | {_fmt(r['lat_p99_ms'])} | {own}{_fmt(r['cpu_util_pct'], 0)} | "
             f"{own}{_fmt(r['rss_mb'], 1)} | {_fmt(r['client_cpu_pct'], 0)} | {r['listen_drops'].get('ListenOverflows', 0)} |"
         )
+    split = res.get("split") or {}
+    if split.get("gateway") and split.get("nginx"):
+        g, n = split["gateway"], split["nginx"]
+        short, long = sorted(g["cpu_per_token_us"])
+        lines += [
+            "", f"## Where the CPU goes: per stream and per token ({a['streams']} streams of {short} and of {long} tokens, "
+            "one run each)", "",
+            "CPU per stream is a fixed part (accept, parse, route, check, log, close: once per request) plus a part per "
+            "relayed token; the two lengths give both. CPU per token at any stream length L is "
+            "per token + per stream / L.", "",
+            "| figure | gateway | nginx | gateway / nginx |",
+            "|---|---|---|---|",
+            f"| CPU per relayed token, marginal (µs) | {_fmt(g['per_token_us'], 1)} | {_fmt(n['per_token_us'], 1)} | "
+            f"{_fmt(_ratio(g['per_token_us'], n['per_token_us']))} |",
+            f"| CPU per stream, fixed part (µs) | {_fmt(g['per_stream_us'], 0)} | {_fmt(n['per_stream_us'], 0)} | "
+            f"{_fmt(_ratio(g['per_stream_us'], n['per_stream_us']))} |",
+        ]
+        for length in (short, long):
+            lines.append(f"| CPU per token, streams of {length} tokens (µs, measured) | {_fmt(g['cpu_per_token_us'][length], 1)} | "
+                         f"{_fmt(n['cpu_per_token_us'][length], 1)} | "
+                         f"{_fmt(_ratio(g['cpu_per_token_us'][length], n['cpu_per_token_us'][length]))} |")
     lines += ["", "## Run conditions (steady phase)", "",
               "| target | client CPU (% of one core) | client CPU s per 1,000 tokens | upstream CPU (% of one core) "
               "| other processes' CPU / hypervisor steal (% of one core) | client event-loop lag max (ms) "

@@ -29,6 +29,7 @@ from bench import procs
 from bench.stack import REPO, Stack, nginx_binary, nginx_version
 
 TARGETS = ("direct", "gateway", "nginx")
+PROXIES = ("gateway", "nginx")
 BENCH = REPO / "bench"
 
 
@@ -168,6 +169,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sat-rate", type=float, default=5, help="tokens/s per stream in the saturation phase (default 5)")
     p.add_argument("--sat-tokens", type=int, default=20, help="tokens per stream in the saturation phase (default 20)")
     p.add_argument("--sat-conn-rate", type=float, default=1000, help="new streams per second while ramping up (default 1000)")
+    p.add_argument("--split-tokens", default="4,400",
+                   help="cost split: short and long stream lengths run through each proxy, to separate CPU per stream "
+                        "from CPU per token (default 4,400; empty: skip)")
     p.add_argument("--clients", type=int, default=1, help="load-generator processes (default 1: the machine has 2 cores)")
     p.add_argument("--profile", choices=("auto", "on", "off"), default="auto",
                    help="py-spy profile of the gateway under the steady load: auto = when a target is missed")
@@ -187,7 +191,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 100 streams, steps 200,500")
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.streams, args.tokens, args.sat_steps = 1, 100, 50, "200,500"
+        args.rounds, args.streams, args.tokens, args.sat_steps, args.split_tokens = 1, 100, 50, "200,500", "4,100"
+    args.split = [int(s) for s in args.split_tokens.split(",") if s.strip()]
+    if args.split and (len(args.split) != 2 or args.split[0] >= args.split[1]):
+        p.error("--split-tokens takes two lengths, short then long, e.g. 4,400")
     args.steps = [int(s) for s in args.sat_steps.split(",") if s.strip()]
     return args
 
@@ -328,6 +335,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"others {100 * res['background_util']:.0f}%, steal {100 * res['steal_util']:.0f}%")
         steady_hwm = {t: st.peak_memory_kb(t) for t in ("gateway", "nginx", "upstream")}
 
+    # Cost split: short and long streams through each proxy. CPU per stream is a fixed part
+    # (accept, parse, route, log: per request) plus a part per relayed token; two lengths
+    # give both, so a CPU-per-token ratio can be read for any stream length.
+    split_runs: dict[str, dict[int, dict]] = {}
+    if args.split:
+        with Stack(args.upstream, args.rate, max(args.split), out, "split", **stack_kw) as st:
+            for target in PROXIES:
+                for tokens in args.split:
+                    log(f"cost split: {target}, {args.streams} streams x {tokens} tokens")
+                    res = guard.measure(st, f"split {target} {tokens}", target=target, streams=args.streams, tokens=tokens,
+                                        ramp=args.ramp, deadline=2 * tokens / args.rate + 5, warmup_tokens=warmup,
+                                        out=out / f"split-{target}-{tokens}", clients=args.clients)
+                    split_runs.setdefault(target, {})[tokens] = res
+                    log(f"  ok {res['ok']}/{args.streams}, cpu {res['cpu'][target]:.2f}s")
+
     # Saturation phase: step the concurrency up until a target fails or the top step is done.
     sat_runs: dict[str, list[dict]] = {t: [] for t in TARGETS}
     failed = {t: False for t in TARGETS}
@@ -352,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench import report
 
-    results = report.build(args, info, steady_runs, sat_runs, steady_hwm, sat_hwm)
+    results = report.build(args, info, steady_runs, sat_runs, steady_hwm, sat_hwm, split_runs)
     results["quiet"] = {"threshold": args.quiet_threshold, "discarded": guard.discarded, "waited": guard.waited}
     missed = [t["name"] for t in results["targets"] if not t["pass"]]
     if args.profile == "on" or (args.profile == "auto" and missed):
