@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from typing import Protocol
 
 import httptools
 
 from backend.wire import Headers, UpstreamBroken
+
+log = logging.getLogger(__name__)
 
 # Pause reading from Ollama when this much body is waiting for a slow consumer.
 BUFFER_LIMIT = 64 * 1024
@@ -34,7 +37,12 @@ class BodySink(Protocol):
 
 
 class ConnectionClosed(Exception):
-    """The connection ended before the response head (nothing of the response was read)."""
+    """The connection ended before the response head. `nothing_read`: not one byte of a
+    response arrived (the request may safely be sent again on another connection)."""
+
+    def __init__(self, message: str, nothing_read: bool = False) -> None:
+        super().__init__(message)
+        self.nothing_read = nothing_read
 
 
 class Http1Connection(asyncio.Protocol):
@@ -43,7 +51,9 @@ class Http1Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.closed_by_us = False
         self.reusable = False  # True once a response completed and Ollama allows another
+        self.bytes_read = 0  # during the current exchange
         self._parser = httptools.HttpResponseParser(self)
         self._loop = asyncio.get_running_loop()
         self._head: asyncio.Future[tuple[int, Headers]] | None = None
@@ -51,6 +61,8 @@ class Http1Connection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
+        if getattr(self, "_paused", False):
+            self._resume()
         self._headers: Headers = []
         self._head_only = False
         self._delimited = False  # the body has a length or chunked framing (not "until close")
@@ -69,6 +81,7 @@ class Http1Connection(asyncio.Protocol):
             raise ConnectionClosed("the connection was already closed")
         self._reset()
         self.reusable = False
+        self.bytes_read = 0
         self._head_only = head_only
         self._head = self._loop.create_future()
         self._done = self._loop.create_future()
@@ -115,6 +128,8 @@ class Http1Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.reusable = False
+        if not self.closed:
+            self.closed_by_us = True
         if self.transport is not None:
             self.transport.close()
 
@@ -133,9 +148,10 @@ class Http1Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume(self) -> None:
-        if self._paused and self.transport is not None and not self.closed:
+        if self._paused:
             self._paused = False
-            self.transport.resume_reading()
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     async def _drain_then_resume(self, sink: BodySink) -> None:
         try:
@@ -162,10 +178,19 @@ class Http1Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            # httptools wraps whatever our own callbacks raised: that is our bug, not Ollama's.
+            log.error("relay callback failed", exc_info=exc.__context__ or exc)
+            self._fail(UpstreamBroken(f"the relay failed on Ollama's response: {exc.__context__ or exc}"))
+            self.close()
         except httptools.HttpParserError as exc:
             self._fail(UpstreamBroken(f"Ollama sent a malformed response: {exc}"))
+            self.close()
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamBroken("Ollama switched protocols, which the relay does not support"))
             self.close()
 
     def eof_received(self) -> bool:
@@ -174,14 +199,15 @@ class Http1Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        if self._head is not None and self._head.done() and not self._delimited and not self._head_only:
-            self._finish()  # a body that runs until the connection closes has ended
+        head_in = self._head is not None and self._head.done()
+        if head_in and not self._delimited and not self._head_only and exc is None and not self.closed_by_us:
+            self._finish()  # a body that runs until Ollama closes the connection has ended
         else:
-            self._fail(ConnectionClosed(f"{exc or 'closed by Ollama'}"))
+            self._fail(ConnectionClosed(f"{exc or 'closed by Ollama'}", nothing_read=self.bytes_read == 0))
 
     def _fail(self, error: Exception) -> None:
         if self._head is not None and not self._head.done():
-            self._head.set_exception(error if isinstance(error, ConnectionClosed) else ConnectionClosed(str(error)))
+            self._head.set_exception(error)
             self._head.exception()  # retrieved: nobody may be waiting any more
             return
         if not isinstance(error, UpstreamBroken):
@@ -192,7 +218,16 @@ class Http1Connection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._head is None or self._done is None or self._done.done():
+            # A response nobody asked for (after the last one ended, or on an idle
+            # connection): the connection can no longer be trusted.
+            self._fail(UpstreamBroken("Ollama sent a response nobody asked for"))
+            self.close()
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head is None or self._head.done():
+            return  # trailer fields: the head was already handed on
         lowered = name.lower()
         if lowered == b"content-length" or (lowered == b"transfer-encoding" and b"chunked" in value.lower()):
             self._delimited = True
@@ -212,7 +247,7 @@ class Http1Connection(asyncio.Protocol):
             self._finish()
 
     def on_body(self, body: bytes) -> None:
-        if self._head_only:
+        if self._head_only or self._done is None or self._done.done():
             return
         sink = self._sink
         if sink is not None and not self._pending:
@@ -229,7 +264,7 @@ class Http1Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200 or self._head_only:
+        if 100 <= status < 200 or self._head_only or self._done is None or self._done.done():
             return
         self.reusable = self._parser.should_keep_alive()
         self._finish()

@@ -30,6 +30,9 @@ MAX_IDLE = 1024
 IDLE_SECONDS = 30.0
 # Methods whose request always carries a length, even an empty one (as aiohttp sends).
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Safe to send twice (RFC 9110 9.2.2, as Go's http.Transport retries them): not POST, which
+# may start a generation or a pull, nor DELETE.
+_REPLAYABLE = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def serialize_request(method: str, target: str, host: str, headers: Headers, body: bytes) -> bytes:
@@ -88,9 +91,10 @@ class OllamaRelay:
             raise ValueError(f"not an http(s) base URL: {base_url!r}")
         self.base_url = url
         # Ollama sees its own host:port as Host, as if it were called directly.
-        self._host_header = f"{url.raw_host}:{url.port}" if not url.is_default_port() else (url.raw_host or "")
+        self._host_header = url.host_port_subcomponent or ""  # "[::1]:11434" for IPv6
         self._idle: collections.deque[tuple[float, Http1Connection]] = collections.deque()  # oldest first
         self._busy: set[Http1Connection] = set()
+        self._pruner: asyncio.TimerHandle | None = None  # closes idle connections when traffic stops
 
     def url_for(self, path: str) -> URL:
         """The URL on *this* Ollama for an origin-form `path` (with its query)."""
@@ -121,21 +125,24 @@ class OllamaRelay:
         # Host is Ollama's own (set above), never the client's.
         headers = [(k, v) for k, v in request["headers"] if k.lower() != "host"]
         payload = serialize_request(method, request["path"], self._host_header, headers, request["body"])
-        for attempt in range(2):
-            connection, reused = await self._acquire()
+        fresh = False
+        while True:
+            connection, reused = await self._acquire(fresh)
             try:
                 status, response_headers = await connection.send(payload, head_only=method == "HEAD")
             except ConnectionClosed as exc:
                 self._release(connection)
-                if reused and attempt == 0:
-                    continue  # Ollama dropped an idle connection as we reused it: once more, fresh
+                if reused and exc.nothing_read and method in _REPLAYABLE:
+                    # Ollama dropped an idle connection just as we reused it. Like Go's
+                    # client, send again (on a new connection) only what is safe to repeat.
+                    fresh = True
+                    continue
                 raise BackendUnavailable(f"Ollama at {self.base_url} closed the connection without answering ({exc})") from None
             except BaseException:
                 connection.close()
                 self._release(connection)
                 raise
             return UpstreamResponse(self, connection, status, response_headers)
-        raise AssertionError("unreachable")
 
     async def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
         """The response as frames: the head, then body chunks as they arrive.
@@ -151,13 +158,14 @@ class OllamaRelay:
         finally:
             await response.aclose()
 
-    async def _acquire(self) -> tuple[Http1Connection, bool]:
+    async def _acquire(self, fresh: bool = False) -> tuple[Http1Connection, bool]:
         self._prune_idle()
-        while self._idle:
+        while self._idle and not fresh:
             _, connection = self._idle.pop()  # the most recently used: least likely to be stale
-            if not connection.closed and connection.transport is not None and not connection.transport.is_closing():
+            if connection.reusable and not connection.closed and not connection.transport.is_closing():
                 self._busy.add(connection)
                 return connection, True
+            connection.close()
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 _, connection = await asyncio.get_running_loop().create_connection(
@@ -175,16 +183,26 @@ class OllamaRelay:
         self._busy.discard(connection)
         if connection.reusable and connection.complete and not connection.closed and len(self._idle) < MAX_IDLE:
             self._idle.append((time.monotonic(), connection))
+            if self._pruner is None:
+                self._pruner = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._prune_on_timer)
         else:
             connection.close()
-        self._prune_idle()
 
     def _prune_idle(self) -> None:
+        """Close idle connections older than IDLE_SECONDS (or already closed by Ollama)."""
         too_old = time.monotonic() - IDLE_SECONDS
         while self._idle and (self._idle[0][0] < too_old or self._idle[0][1].closed):
             self._idle.popleft()[1].close()
 
+    def _prune_on_timer(self) -> None:
+        # Without traffic nothing else would prune: check again while any stay idle.
+        self._prune_idle()
+        self._pruner = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._prune_on_timer) if self._idle else None
+
     async def aclose(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+            self._pruner = None
         for connection in [*(c for _, c in self._idle), *self._busy]:
             connection.close()
         self._idle.clear()

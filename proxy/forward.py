@@ -65,7 +65,10 @@ class ClientBody:
     async def drain(self) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        await self._request.writer.drain()
+        try:
+            await self._request.writer.drain()
+        except ConnectionError as exc:  # aiohttp wakes a waiting drain with ConnectionError("Connection lost")
+            raise ConnectionResetError(f"the client closed the connection: {exc}") from None
 
 
 class _Discard:

@@ -120,14 +120,19 @@ class RemoteResponse:
         self._over = False  # the backend finished (or failed) on its own: no stop needed
 
     async def send_body(self, sink: BodySink) -> None:
+        draining = False
         try:
             async for chunk in self._frames:
                 if not sink.write(chunk):
+                    draining = True
                     await sink.drain()
-        except (asyncio.CancelledError, ConnectionResetError):
+                    draining = False
+        except asyncio.CancelledError:
             raise  # we stop reading: aclose() sends the stop
         except Exception:
-            self._over = True  # a backend error ends its work; nothing to stop
+            # From the sink: our client left, and aclose() stops the backend's work.
+            # From the frames: a backend error, which already ended that work.
+            self._over = not draining
             raise
         self._over = True
 

@@ -15,6 +15,7 @@ import pytest
 from backend.http1 import BUFFER_LIMIT
 from backend.relay import OllamaRelay, serialize_request
 from backend.wire import BackendUnavailable, UpstreamBroken, request_frame
+from proxy.transport import InProcessBackend
 from tests.conftest import read_request
 
 def chunked(*pieces: bytes) -> bytes:
@@ -128,7 +129,7 @@ async def test_chunked_body_cut_off_raises_upstream_broken_after_what_arrived(ra
     await relay.aclose()
 
 
-async def test_malformed_head_is_backend_unavailable_not_a_traceback(raw_upstream):
+async def test_malformed_head_is_upstream_broken_and_a_json_502(raw_upstream, start_gateway, http):
     async def handler(reader, writer, _):
         await read_request(reader)
         writer.write(b"SMTP ready\r\n\r\n")
@@ -136,9 +137,49 @@ async def test_malformed_head_is_backend_unavailable_not_a_traceback(raw_upstrea
 
     url, _ = await raw_upstream(handler)
     relay = OllamaRelay(url)
-    with pytest.raises(BackendUnavailable, match="malformed"):
+    with pytest.raises(UpstreamBroken, match="malformed"):
         await relay.open(request_frame("GET", "/api/tags", [], b""))
     assert relay.connections_in_use == 0
+    await relay.aclose()
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)))
+    async with http.get(gateway + "/ollama/api/tags") as response:
+        assert response.status == 502
+        assert "malformed" in (await response.json())["error"]
+
+
+async def test_a_response_nobody_asked_for_is_not_passed_on_and_the_connection_is_dropped(raw_upstream):
+    async def handler(reader, writer, number):
+        await read_request(reader)
+        # One answer, then a second one in the same packet: the second has no request.
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil")
+        await writer.drain()
+        if number == 1:
+            await reader.read()
+            return
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n#%d" % number)
+        await reader.read()
+
+    url, _ = await raw_upstream(handler)
+    relay = OllamaRelay(url)
+    assert await fetch(relay) == (200, b"ok")
+    status, body = await fetch(relay)
+    assert status == 200 and b"evil" not in body  # never reaches a client: a new connection answered
+    await relay.aclose()
+
+
+async def test_trailers_do_not_become_response_headers(raw_upstream):
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Head: 1\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: 2\r\n\r\n")
+        await reader.read()
+
+    url, _ = await raw_upstream(handler)
+    relay = OllamaRelay(url)
+    response = await relay.open(request_frame("GET", "/api/tags", [], b""))
+    await response.send_body(Collect())
+    await response.aclose()
+    assert [name for name, _ in response.headers] == ["Transfer-Encoding", "X-Head"]
     await relay.aclose()
 
 
@@ -185,6 +226,22 @@ async def test_fresh_connection_closed_without_answer_is_backend_unavailable(raw
     relay = OllamaRelay(url)
     with pytest.raises(BackendUnavailable, match="without answering"):
         await relay.open(request_frame("POST", "/api/chat", [], b"{}"))
+    await relay.aclose()
+
+
+async def test_a_post_is_never_sent_twice_even_on_a_reused_connection(raw_upstream):
+    async def handler(reader, writer, number):
+        seen.append(await read_request(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        seen.append(await read_request(reader))  # then close: did Ollama start the work? Unknown.
+
+    url, seen = await raw_upstream(handler)
+    relay = OllamaRelay(url)
+    assert await fetch(relay, "POST", "/api/show", b"{}") == (200, b"{}")
+    with pytest.raises(BackendUnavailable, match="without answering"):
+        await fetch(relay, "POST", "/api/pull", b"{}")
+    assert [r.split(b" ")[1] for r in seen] == [b"/api/show", b"/api/pull"]  # /api/pull went out once
     await relay.aclose()
 
 

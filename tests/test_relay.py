@@ -69,3 +69,8 @@ async def test_ollama_dying_mid_stream_raises_upstream_broken_after_what_was_sen
             got.append(frame)
     await relay.aclose()
     assert b"".join(got[1:]).count(b"\n") == 3
+
+
+def test_ollama_sees_its_own_host_including_ipv6_brackets():
+    assert OllamaRelay("http://127.0.0.1:11434")._host_header == "127.0.0.1:11434"
+    assert OllamaRelay("http://[::1]:11434")._host_header == "[::1]:11434"
