@@ -18,6 +18,17 @@ from backend.wire import BackendUnavailable, UpstreamBroken, request_frame
 from proxy.transport import InProcessBackend
 from tests.conftest import read_request
 
+def canned(response: bytes):
+    """An upstream handler: answer the connection's first request with `response`, then wait."""
+
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        writer.write(response)
+        await reader.read()
+
+    return handler
+
+
 def chunked(*pieces: bytes) -> bytes:
     return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
 
@@ -86,12 +97,7 @@ def test_serialize_refuses_a_broken_request_line(target):
 
 
 async def test_interim_100_response_is_skipped(raw_upstream):
-    async def handler(reader, writer, _):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nyes")
-        await reader.read()
-
-    url, _ = await raw_upstream(handler)
+    url, _ = await raw_upstream(canned(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 3\r\n\r\nyes"))
     relay = OllamaRelay(url)
     assert await fetch(relay, "POST", "/api/create", b"{}") == (201, b"yes")
     await relay.aclose()
@@ -130,12 +136,7 @@ async def test_chunked_body_cut_off_raises_upstream_broken_after_what_arrived(ra
 
 
 async def test_malformed_head_is_upstream_broken_and_a_json_502(raw_upstream, start_gateway, http):
-    async def handler(reader, writer, _):
-        await read_request(reader)
-        writer.write(b"SMTP ready\r\n\r\n")
-        await reader.read()
-
-    url, _ = await raw_upstream(handler)
+    url, _ = await raw_upstream(canned(b"SMTP ready\r\n\r\n"))
     relay = OllamaRelay(url)
     with pytest.raises(UpstreamBroken, match="malformed"):
         await relay.open(request_frame("GET", "/api/tags", [], b""))
@@ -169,12 +170,7 @@ async def test_a_response_nobody_asked_for_is_not_passed_on_and_the_connection_i
 
 
 async def test_trailers_do_not_become_response_headers(raw_upstream):
-    async def handler(reader, writer, _):
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Head: 1\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: 2\r\n\r\n")
-        await reader.read()
-
-    url, _ = await raw_upstream(handler)
+    url, _ = await raw_upstream(canned(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Head: 1\r\n\r\n2\r\nok\r\n0\r\nX-Trailer: 2\r\n\r\n"))
     relay = OllamaRelay(url)
     response = await relay.open(request_frame("GET", "/api/tags", [], b""))
     await response.send_body(Collect())
