@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from yarl import URL
 
 from backend.http1 import BodySink, ConnectionClosed, Http1Connection
-from backend.wire import BackendUnavailable, Frame, Headers, RequestFrame, UpstreamBroken, head_frame
+from backend.wire import BackendUnavailable, Frame, Headers, RequestFrame, head_frame
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +96,14 @@ class OllamaRelay:
         self._busy: set[Http1Connection] = set()
         self._pruner: asyncio.TimerHandle | None = None  # closes idle connections when traffic stops
 
-    def url_for(self, path: str) -> URL:
-        """The URL on *this* Ollama for an origin-form `path` (with its query)."""
-        raw_path, _, query = path.partition("?")
-        if not raw_path.startswith("/") or raw_path.startswith("//"):
+    def serialize(self, request: RequestFrame) -> bytes:
+        """`request` as bytes for *this* Ollama: an origin-form target (percent-encoding
+        kept as the client sent it) and Ollama's own Host, never the client's."""
+        path = request["path"]
+        if not path.startswith("/") or path.startswith("//"):
             raise ValueError(f"not an origin-form path: {path!r}")
-        return URL.build(
-            scheme=self.base_url.scheme,
-            host=self.base_url.raw_host or "",
-            port=self.base_url.port,
-            path=raw_path,
-            query_string=query,
-            encoded=True,  # keep the client's percent-encoding as it was
-        )
+        headers = [(k, v) for k, v in request["headers"] if k.lower() != "host"]
+        return serialize_request(request["method"], path, self._host_header, headers, request["body"])
 
     @property
     def connections_in_use(self) -> int:
@@ -120,11 +115,8 @@ class OllamaRelay:
         Raises `BackendUnavailable` if Ollama cannot be reached or closes the
         connection before answering. Cancelling this cancels the request.
         """
-        self.url_for(request["path"])  # validates: origin-form, on this Ollama
         method = request["method"]
-        # Host is Ollama's own (set above), never the client's.
-        headers = [(k, v) for k, v in request["headers"] if k.lower() != "host"]
-        payload = serialize_request(method, request["path"], self._host_header, headers, request["body"])
+        payload = self.serialize(request)
         fresh = False
         while True:
             connection, reused = await self._acquire(fresh)

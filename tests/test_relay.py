@@ -44,12 +44,13 @@ async def test_frames_are_a_head_then_bytes_and_survive_pickle(standin):
 @pytest.mark.parametrize("path", ["api/tags", "//evil.example/x", "http://evil.example/x"])
 def test_relay_refuses_anything_but_an_origin_form_path(path):
     with pytest.raises(ValueError):
-        OllamaRelay("http://127.0.0.1:11434").url_for(path)
+        OllamaRelay("http://127.0.0.1:11434").serialize(request_frame("GET", path, [], b""))
 
 
-def test_relay_url_stays_on_its_own_ollama():
-    url = OllamaRelay("http://127.0.0.1:11434").url_for("/api/%2e%2e/x?q=%20")
-    assert (url.host, url.port, url.raw_path, url.raw_query_string) == ("127.0.0.1", 11434, "/api/%2e%2e/x", "q=%20")
+def test_relay_request_stays_on_its_own_ollama():
+    request = request_frame("GET", "/api/%2e%2e/x?q=%20", [("Host", "evil.example")], b"")
+    sent = OllamaRelay("http://127.0.0.1:11434").serialize(request)
+    assert sent == b"GET /api/%2e%2e/x?q=%20 HTTP/1.1\r\nHost: 127.0.0.1:11434\r\n\r\n"
 
 
 async def test_unreachable_ollama_raises_backend_unavailable():
