@@ -58,11 +58,11 @@ class Http1Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self._head: asyncio.Future[tuple[int, Headers]] | None = None
         self._done: asyncio.Future[None] | None = None
+        self._paused = False
         self._reset()
 
     def _reset(self) -> None:
-        if getattr(self, "_paused", False):
-            self._resume()
+        self._resume()  # a connection starts each exchange reading
         self._headers: Headers = []
         self._head_only = False
         self._delimited = False  # the body has a length or chunked framing (not "until close")

@@ -77,24 +77,19 @@ class RemoteBackend:
         frames = self.call({**request, "request_id": request_id})
         try:
             head = await anext(frames)
-        except StopAsyncIteration:
+            if not isinstance(head, dict):
+                raise UpstreamBroken("the backend sent a body before its response head")
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                await self.send_stop(request_id)  # no head in time (or the client left): tell the container
             await frames.aclose()
-            raise UpstreamBroken("the backend closed the stream without a response") from None
-        except BackendUnavailable:
-            await frames.aclose()
-            raise
-        except asyncio.CancelledError:
-            # No head in time (or the client left): the container must be told.
-            await self.send_stop(request_id)
-            await frames.aclose()
-            raise
-        except Exception as exc:  # noqa: BLE001 (the container could not be reached or failed to start)
-            await frames.aclose()
+            if isinstance(exc, StopAsyncIteration):
+                raise UpstreamBroken("the backend closed the stream without a response") from None
+            if isinstance(exc, (BackendUnavailable, UpstreamBroken)) or not isinstance(exc, Exception):
+                raise
+            # The container could not be reached or failed to start.
             first_line = (str(exc).splitlines() or [""])[0][:200]
             raise BackendUnavailable(f"the backend could not be reached or failed to start ({type(exc).__name__}: {first_line})") from None
-        if not isinstance(head, dict):
-            await frames.aclose()
-            raise UpstreamBroken("the backend sent a body before its response head")
         return RemoteResponse(self, request_id, head["status"], head["headers"], frames)
 
     async def send_stop(self, request_id: str) -> None:
