@@ -94,6 +94,13 @@ async def test_disconnect_before_the_first_token_stops_ollama_too(standin, gatew
     assert state.streams_started == 0  # stopped while "loading", before any token
 
 
+async def remote_gateway_with_stops(remote: OllamaService, start_gateway) -> tuple[str, LocalStopSignals, object]:
+    """A gateway on the Modal-like transport whose backend honours stop signals."""
+    stops = LocalStopSignals()
+    call = detached_call(lambda request: remote.proxy(request, stops=stops))
+    return await start_gateway(RemoteBackend(call, stops)), stops, call
+
+
 @pytest.fixture
 def remote(standin):
     url, _ = standin
@@ -116,9 +123,7 @@ async def test_remote_transport_without_a_stop_signal_keeps_ollama_busy(standin,
 async def test_remote_disconnect_sends_a_stop_that_stops_ollama_within_a_second(standin, remote, start_gateway):
     _, state = standin
     state.token_delay = 0.02
-    stops = LocalStopSignals()
-    call = detached_call(lambda request: remote.proxy(request, stops=stops))
-    gateway = await start_gateway(RemoteBackend(call, stops))
+    gateway, stops, call = await remote_gateway_with_stops(remote, start_gateway)
     left = await leave_mid_stream(gateway)
     assert await wait_for(lambda: state.streams_cancelled == 1)
     assert state.cancel_times[0] - left < 1.0
@@ -127,8 +132,7 @@ async def test_remote_disconnect_sends_a_stop_that_stops_ollama_within_a_second(
 
 
 async def test_a_completed_remote_stream_sends_no_stop(standin, remote, start_gateway, http):
-    stops = LocalStopSignals()
-    gateway = await start_gateway(RemoteBackend(detached_call(lambda r: remote.proxy(r, stops=stops)), stops))
+    gateway, stops, _ = await remote_gateway_with_stops(remote, start_gateway)
     async with http.post(gateway + "/ollama/api/chat", json={**CHAT, "options": {"num_predict": 5}}) as response:
         assert (await response.read()).count(b"\n") == 6
     assert stops.sent == []
@@ -279,9 +283,7 @@ async def test_200_aborted_remote_streams_leave_no_task_or_stop_waiter(standin, 
     # The Modal-like path: per request a producer, a stop waiter and the until_stopped step.
     _, state = standin
     state.token_delay = 0.01
-    stops = LocalStopSignals()
-    call = detached_call(lambda request: remote.proxy(request, stops=stops))
-    gateway = await start_gateway(RemoteBackend(call, stops))
+    gateway, stops, call = await remote_gateway_with_stops(remote, start_gateway)
     await abort_200_streams_and_check_nothing_is_left(gateway, state, remote.relay, lambda: all(p.done() for p in call.producers))
     assert len(stops.sent) == 201
     assert stops._events == {}  # every stop waiter is gone

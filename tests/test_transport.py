@@ -91,12 +91,11 @@ async def test_unavailable_backend_is_503_with_its_message(start_gateway, http):
 
 async def test_head_through_the_remote_backend_sends_no_stop(standin, start_gateway, http):
     from backend.service import OllamaService
-    from tests.test_cancel import detached_call
+    from tests.test_cancel import remote_gateway_with_stops
 
     url, _ = standin
     service = OllamaService(url, (), commit=lambda: None)
-    stops = LocalStopSignals()
-    gateway = await start_gateway(RemoteBackend(detached_call(lambda r: service.proxy(r, stops=stops)), stops))
+    gateway, stops, _ = await remote_gateway_with_stops(service, start_gateway)
     for path in ("/", "/api/tags"):
         async with http.head(gateway + "/ollama" + path) as response:
             assert response.status == 200
