@@ -46,7 +46,9 @@ class ClientBody:
         self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
         self.sent = 0  # a plain int per chunk; metrics are recorded once, at the end
         self.last = b""  # the last chunk sent: where a broken stream's error tail must start
-        request.writer.send_headers()  # aiohttp holds the head back until the first write
+        # StreamResponse.prepare() has sent the head already (only web.Response holds it
+        # back); make sure of it, since the body below goes past aiohttp's writer.
+        request.writer.send_headers()
 
     def write(self, chunk: bytes) -> bool:
         transport = self._transport
