@@ -54,7 +54,7 @@ def bare_app(backend, settings, loopback_only=False, **_ignored):
 
 def serve_low_level(app, host, port, print=None, backlog=128, loop=None, **_ignored):
     async def main():
-        runner = web.ServerRunner(web.Server(relay, handler_cancellation=True))
+        runner = web.ServerRunner(web.Server(relay, handler_cancellation=True, access_log=None))
         await runner.setup()
         await web.TCPSite(runner, host, port, backlog=backlog).start()
         await asyncio.Event().wait()
