@@ -57,6 +57,8 @@ def serve_low_level(app, host, port, print=None, backlog=128, loop=None, **_igno
         runner = web.ServerRunner(web.Server(relay, handler_cancellation=True, access_log=None))
         await runner.setup()
         await web.TCPSite(runner, host, port, backlog=backlog).start()
+        if print is not None:
+            print("")  # python -m proxy's banner: it also settles the heap (gc.freeze, thresholds)
         await asyncio.Event().wait()
 
     asyncio.set_event_loop(loop)
