@@ -31,7 +31,7 @@ def stream_error_tail(content_type: str, message: str, last_bytes: bytes) -> byt
 
     Mirrors Ollama: NDJSON ends with an `{"error": ...}` line, SSE with an error event.
     `last_bytes` (the end of what was sent) decides how to close a half-sent line or
-    event first. Other bodies cannot carry an error in band, so they just end.
+    event first. Other bodies cannot carry an error in band: b"" (the caller cuts them short).
     """
     content_type = content_type.split(";")[0].strip().lower()
     if content_type == "application/x-ndjson":

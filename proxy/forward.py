@@ -10,7 +10,7 @@ from aiohttp import web
 
 from backend.wire import BackendUnavailable, UpstreamBroken, request_frame
 from proxy.errors import error_response, stream_error_tail
-from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.headers import body_length, client_response_headers, upstream_request_headers
 from proxy.observe import Exchange, model_of
 from proxy.paths import api_family, upstream_path
 from proxy.transport import Backend, BackendResponse
@@ -49,6 +49,13 @@ class ClientBody:
         # StreamResponse.prepare() has sent the head already (only web.Response holds it
         # back); make sure of it, since the body below goes past aiohttp's writer.
         request.writer.send_headers()
+
+    def cut_short(self) -> None:
+        """End the response without ending its body: the client gets what was sent, then
+        the connection closes, so its HTTP library reports an incomplete body rather than
+        taking a truncated one for the whole."""
+        if self._transport is not None:
+            self._transport.close()  # close() still flushes what is buffered; abort() would not
 
     def write(self, chunk: bytes) -> bool:
         transport = self._transport
@@ -131,6 +138,9 @@ class Forwarder:
         response = web.StreamResponse(status=upstream.status)
         for name, value in client_response_headers(upstream.headers):
             response.headers.add(name, value)
+        # Keep Ollama's framing: a body with a declared length keeps it (HEAD answers too);
+        # only bodies of unknown length go out chunked.
+        response.content_length = body_length(upstream.headers)
         # Tell intermediaries such as nginx not to buffer the stream.
         response.headers["X-Accel-Buffering"] = "no"
         await response.prepare(request)
@@ -150,9 +160,13 @@ class Forwarder:
         except Exception as exc:  # noqa: BLE001
             log.warning("stream from the backend broke: %s", exc)
             exchange.error = "stream_broken"
-            tail = stream_error_tail(response.content_type, f"upstream stream ended early: {exc}", body.last)
-            if tail:
-                body.write(tail)
+            # NDJSON and SSE can say so in band (as Ollama does) unless the length is fixed.
+            chunked = response.content_length is None
+            tail = stream_error_tail(response.content_type, f"upstream stream ended early: {exc}", body.last) if chunked else b""
+            if not tail:
+                body.cut_short()
+                return response  # aiohttp's own write_eof then finds the connection closed
+            body.write(tail)
         finally:
             exchange.bytes_out = body.sent
         await response.write_eof()

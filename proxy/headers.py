@@ -30,7 +30,8 @@ NOT_FORWARDED_UPSTREAM = frozenset(
     {"host", "origin", "content-length", "expect", "authorization", "x-api-key", "modal-key", "modal-secret", "cookie"}
 )
 
-# Recomputed by the gateway's own server: aiohttp frames the body it writes.
+# Set by the gateway's own server: aiohttp frames the body it writes (with Ollama's
+# length when Ollama gave one, see `body_length`).
 NOT_RETURNED = frozenset({"content-length", "date", "server"})
 
 
@@ -59,3 +60,19 @@ def upstream_request_headers(headers: Iterable[tuple[str, str]]) -> Headers:
 def client_response_headers(headers: Iterable[tuple[str, str]]) -> Headers:
     """Ollama's response headers as the client should see them."""
     return _without(headers, NOT_RETURNED)
+
+
+def body_length(headers: Iterable[tuple[str, str]]) -> int | None:
+    """The length Ollama declared for its response body, if the body is delimited by it
+    (a Content-Length and no Transfer-Encoding); None for chunked or unknown lengths."""
+    length = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "transfer-encoding":
+            return None
+        if lowered == "content-length":
+            value = value.strip()
+            if not (value.isascii() and value.isdigit()) or (length is not None and int(value) != length):
+                return None
+            length = int(value)
+    return length

@@ -108,11 +108,55 @@ async def test_delete_body_reaches_ollama(standin, gateway, http):
 
 @pytest.mark.parametrize("path", ["/", "/api/version", "/api/tags"])
 async def test_head_returns_headers_and_no_body(standin, gateway, http, path):
-    _, state = standin
+    url, state = standin
+    async with http.head(url + path) as direct:
+        declared = direct.headers["Content-Length"]  # the length a GET would have
     async with http.head(gateway + "/ollama" + path) as response:
         assert response.status == 200
+        assert response.headers["Content-Length"] == declared
         assert await response.read() == b""
     assert (state.seen[-1].method, state.seen[-1].path) == ("HEAD", path)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("POST", "/api/chat", {**CHAT, "stream": False}), ("GET", "/api/tags", None), ("POST", "/api/show", {"model": "llama3.2"})],
+)
+async def test_a_body_of_declared_length_keeps_its_length(standin, gateway, http, method, path, body):
+    url, _ = standin
+    (_, direct_headers, direct), (status, headers, proxied) = await direct_and_proxied(http, url, gateway, method, path, json=body)
+    assert status == 200 and proxied == direct
+    assert headers["Content-Length"] == direct_headers["Content-Length"] == str(len(proxied))
+    assert "Transfer-Encoding" not in headers
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n" + b'{"models": [',
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nc\r\n" + b'{"models": [\r\n',
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_a_json_body_cut_short_upstream_reaches_the_client_as_incomplete(raw_upstream, start_gateway, http, answer):
+    # JSON cannot carry an error in band (NDJSON and SSE can): the client must see that the
+    # body is incomplete, not a clean end after half an object.
+    async def handler(reader, writer, _):
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()  # then the connection closes: Ollama died mid-body
+
+    url, _ = await raw_upstream(handler)
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)))
+    async with http.get(gateway + "/ollama/api/tags") as response:
+        assert response.status == 200
+        received = bytearray()
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async for piece in response.content.iter_any():
+                received += piece
+    assert bytes(received) == b'{"models": ['
+    async with http.get(gateway + "/health") as response:  # the gateway carries on
+        assert response.status == 200
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.headers import client_response_headers, upstream_request_headers
+import pytest
+
+from proxy.headers import body_length, client_response_headers, upstream_request_headers
 
 
 def names(headers):
@@ -43,3 +45,22 @@ def test_client_side_keeps_content_headers_and_repeats():
         ("Keep-Alive", "timeout=5"),
     ]
     assert client_response_headers(headers) == [("Content-Type", "application/x-ndjson"), ("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "length"),
+    [
+        ([("Content-Type", "application/json"), ("Content-Length", "12")], 12),
+        ([("content-length", " 0 ")], 0),
+        ([("Content-Length", "12"), ("Content-Length", "12")], 12),
+        ([("Content-Length", "12"), ("Content-Length", "13")], None),  # which one? neither
+        ([("Content-Length", "12"), ("Transfer-Encoding", "chunked")], None),
+        ([("Transfer-Encoding", "chunked")], None),
+        ([("Content-Length", "-1")], None),
+        ([("Content-Length", "1e3")], None),
+        ([("Content-Length", "²")], None),  # a digit to str.isdigit(), not to int()
+        ([], None),  # a body that runs until the connection closes
+    ],
+)
+def test_body_length_is_the_declared_length_of_a_length_delimited_body(headers, length):
+    assert body_length(headers) == length
