@@ -57,6 +57,7 @@ class QueueStopSignals:
     """Signals through a `modal.Queue`, one partition per request id."""
 
     TTL = 3600  # seconds: a stop nobody read is dropped after this
+    RETRY_AFTER = 1.0  # seconds, after a failed long-poll
 
     def __init__(self, queue: Any) -> None:
         self.queue = queue
@@ -71,6 +72,11 @@ class QueueStopSignals:
                 return
             except std_queue.Empty:
                 continue
+            except Exception as exc:  # noqa: BLE001
+                # A failing Queue is not a stop: returning would end the stream early,
+                # and the client would take the cut-off answer for the whole one.
+                log.warning("waiting for a stop signal failed (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(self.RETRY_AFTER)
 
 
 async def until_stopped(frames: AsyncIterator[T], stop: asyncio.Future) -> AsyncIterator[T]:

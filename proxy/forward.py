@@ -44,11 +44,20 @@ class ClientBody:
         self._request = request
         self._transport = request.transport
         self._chunked = response.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        # A declared length is a promise to the client: never write past it (on Modal
+        # the bytes come from frames, which nothing else counts).
+        self._length = None if self._chunked else response.content_length
+        self.overrun = False  # the backend sent more than it declared
         self.sent = 0  # a plain int per chunk; metrics are recorded once, at the end
         self.last = b""  # the last chunk sent: where a broken stream's error tail must start
         # StreamResponse.prepare() has sent the head already (only web.Response holds it
         # back); make sure of it, since the body below goes past aiohttp's writer.
         request.writer.send_headers()
+
+    @property
+    def complete(self) -> bool:
+        """The body went out as its head announced: chunked, or exactly its length."""
+        return self._length is None or (self.sent == self._length and not self.overrun)
 
     def cut_short(self) -> None:
         """End the response without ending its body: the client gets what was sent, then
@@ -66,6 +75,9 @@ class ClientBody:
         if self._chunked:
             transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
         else:
+            if self._length is not None and self.sent + len(chunk) > self._length:
+                self.overrun = True
+                chunk = chunk[: self._length - self.sent]
             transport.write(chunk)
         self.sent += len(chunk)
         self.last = chunk
@@ -154,20 +166,23 @@ class Forwarder:
         body = ClientBody(request, response)
         try:
             await upstream.send_body(body)
+            broken = None if body.complete else f"the backend's body did not match its Content-Length ({body.sent} bytes)"
         except (ConnectionResetError, asyncio.CancelledError):
             exchange.client_left = True
             raise  # the caller closes the backend response
         except Exception as exc:  # noqa: BLE001
-            log.warning("stream from the backend broke: %s", exc)
+            broken = f"upstream stream ended early: {exc}"
+        finally:
+            exchange.bytes_out = body.sent
+        if broken is not None:
+            log.warning("stream from the backend broke: %s", broken)
             exchange.error = "stream_broken"
-            # NDJSON and SSE can say so in band (as Ollama does) unless the length is fixed.
-            chunked = response.content_length is None
-            tail = stream_error_tail(response.content_type, f"upstream stream ended early: {exc}", body.last) if chunked else b""
+            # NDJSON and SSE can say so in band (as Ollama does), unless the length is fixed.
+            tail = stream_error_tail(response.content_type, broken, body.last) if response.content_length is None else b""
             if not tail:
                 body.cut_short()
                 return response  # aiohttp's own write_eof then finds the connection closed
             body.write(tail)
-        finally:
             exchange.bytes_out = body.sent
         await response.write_eof()
         return response

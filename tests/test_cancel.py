@@ -235,6 +235,29 @@ async def test_queue_stop_signals_use_one_partition_per_request_and_keep_waiting
     assert queue.puts == [("req-2", 3600), ("req-1", 3600)]
 
 
+async def test_a_failing_queue_is_not_a_stop(monkeypatch):
+    from backend.cancel import QueueStopSignals
+
+    queue = FakeModalQueue()
+    real_get = queue.get.aio
+    failures = []
+
+    async def flaky_get(*, partition, timeout):
+        if len(failures) < 2:
+            failures.append(partition)
+            raise ConnectionError("the Queue service is unreachable")
+        return await real_get(partition=partition, timeout=timeout)
+
+    monkeypatch.setattr(queue.get, "aio", flaky_get)
+    monkeypatch.setattr(QueueStopSignals, "RETRY_AFTER", 0.01)
+    signals = QueueStopSignals(queue)
+    waiter = asyncio.ensure_future(signals.wait("req-1"))
+    await asyncio.sleep(0.2)
+    assert failures == ["req-1", "req-1"] and not waiter.done()  # the stream would go on
+    await signals.send("req-1")
+    await asyncio.wait_for(waiter, 1)
+
+
 async def test_until_stopped_cancelled_while_waiting_closes_the_source_cleanly():
     # The Modal input itself cancelled (timeout, shutdown) while a chunk is awaited.
     closed = asyncio.Event()

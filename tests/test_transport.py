@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
+import pytest
+
 from backend.cancel import LocalStopSignals
 from backend.wire import head_frame
 from proxy.transport import RemoteBackend, UnavailableBackend
@@ -101,3 +104,42 @@ async def test_head_through_the_remote_backend_sends_no_stop(standin, start_gate
             assert response.status == 200
     assert stops.sent == []
     await service.relay.aclose()
+
+
+def frames_call(*frames):
+    """A Modal-like `call` whose generator yields `frames`, then ends normally."""
+
+    def call(request):
+        async def generate():
+            for frame in frames:
+                yield frame
+
+        return generate()
+
+    return call
+
+
+async def test_a_remote_body_shorter_than_its_content_length_is_cut_short(start_gateway, http):
+    # The generator ends without an error but before the length its head declared (a
+    # container stopped early): the client must not take five bytes for ten.
+    call = frames_call(head_frame(200, [("Content-Type", "application/json"), ("Content-Length", "10")]), b"hello")
+    gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
+    async with http.get(gateway + "/ollama/api/tags") as response:
+        assert response.headers["Content-Length"] == "10"
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await response.read()
+
+
+async def test_a_remote_body_longer_than_its_content_length_stops_at_it_and_closes(start_gateway):
+    # Anything past the declared length would be read as the next response on the
+    # client's keep-alive connection.
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
+    call = frames_call(head_frame(200, [("Content-Length", "5")]), b"hel", b"lo" + extra)
+    gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET /ollama/api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive
+    answer = await asyncio.wait_for(reader.read(), 5)  # the gateway closes the connection
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Length: 5" in head and body == b"hello"
