@@ -52,8 +52,6 @@ class Http1Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.closed_by_us = False
-        self.reusable = False  # True once a response completed and Ollama allows another
-        self.bytes_read = 0  # during the current exchange
         self._parser = httptools.HttpResponseParser(self)
         self._loop = asyncio.get_running_loop()
         self._head: asyncio.Future[tuple[int, Headers]] | None = None
@@ -63,6 +61,8 @@ class Http1Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._resume()  # a connection starts each exchange reading
+        self.reusable = False  # True once a response completed and Ollama allows another
+        self.bytes_read = 0  # during the current exchange
         self._headers: Headers = []
         self._head_only = False
         self._delimited = False  # the body has a length or chunked framing (not "until close")
@@ -70,7 +70,6 @@ class Http1Connection(asyncio.Protocol):
         self._pending: collections.deque[bytes] = collections.deque()
         self._pending_size = 0
         self._waiter: asyncio.Future[None] | None = None
-        self._paused = False
         self._drainer: asyncio.Task[None] | None = None
 
     # -- one exchange ---------------------------------------------------------------
@@ -80,8 +79,6 @@ class Http1Connection(asyncio.Protocol):
         if self.closed or self.transport is None or self.transport.is_closing():
             raise ConnectionClosed("the connection was already closed")
         self._reset()
-        self.reusable = False
-        self.bytes_read = 0
         self._head_only = head_only
         self._head = self._loop.create_future()
         self._done = self._loop.create_future()

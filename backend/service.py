@@ -21,7 +21,6 @@ from backend.wire import Frame, RequestFrame
 log = logging.getLogger(__name__)
 
 
-
 def changes_model_store(method: str, path: str, status: int) -> bool:
     """True if a request that succeeded with `status` changed the models on disk."""
     return 200 <= status < 300 and writes_model_store(method, path)

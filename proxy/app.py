@@ -99,7 +99,7 @@ def access_guard(settings: Settings, loopback_only: bool) -> Middleware:
         protected = path is not None or request.rel_url.raw_path == METRICS_PATH
         if not protected or request.method == "OPTIONS":
             return await handler(request)
-        family = api_family(path) if path else "ollama"
+        family = _family(request)
         if loopback_only and not is_loopback_host(request.host):
             # A page on a rebound DNS name must not reach a gateway bound to loopback.
             return error_response(403, f"host {request.host!r} is not allowed: use localhost or 127.0.0.1", family)
