@@ -80,6 +80,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+async def raw_exchange(url: str, request: bytes) -> bytes:
+    """Send raw bytes to `url` and return everything it answers until it closes the
+    connection (for requests no HTTP client would send, or to see the connection end)."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+
+
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
 

@@ -188,7 +188,7 @@ async def test_read_only_mode_sees_through_percent_encoding(start_gateway, http,
     # Ollama's router matches the decoded path (Go's URL.Path), so must the check.
     backend = RecordingBackend()
     gateway = await start_gateway(backend, gateway_read_only=True)
-    from tests.test_forward import raw_exchange
+    from tests.conftest import raw_exchange
 
     answer = await raw_exchange(gateway, f"{method} /ollama{path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}".encode())
     assert answer.startswith(b"HTTP/1.1 403 ")

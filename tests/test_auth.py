@@ -83,7 +83,7 @@ async def test_a_valid_key_passes_and_never_reaches_ollama(standin, keyed_gatewa
 
 
 async def test_a_key_that_is_not_utf8_is_refused_cleanly(standin, keyed_gateway, caplog):
-    from tests.test_forward import raw_exchange
+    from tests.conftest import raw_exchange
 
     request = b"GET /ollama/api/tags HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
     answer = await raw_exchange(keyed_gateway, request)

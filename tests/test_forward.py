@@ -10,7 +10,7 @@ import pytest
 
 from backend.relay import OllamaRelay
 from proxy.transport import InProcessBackend
-from tests.conftest import read_request
+from tests.conftest import raw_exchange, read_request
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
 
@@ -330,17 +330,6 @@ async def test_ollama_dying_mid_stream_ends_sse_with_an_error_event(standin, gat
     last = json.loads(events[-2].removeprefix("data: "))
     assert last["error"]["type"] == "api_error" and "ended early" in last["error"]["message"]
     assert len(events) == 4
-
-
-async def raw_exchange(url: str, request: bytes) -> bytes:
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(request)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(65536), 5)
-    finally:
-        writer.close()
 
 
 BAD_REQUESTS = [

@@ -10,6 +10,7 @@ import pytest
 from backend.cancel import LocalStopSignals
 from backend.wire import head_frame
 from proxy.transport import RemoteBackend, UnavailableBackend
+from tests.conftest import raw_exchange
 
 
 async def test_remote_backend_failing_to_start_is_503_json(start_gateway, http):
@@ -136,10 +137,7 @@ async def test_a_remote_body_longer_than_its_content_length_stops_at_it_and_clos
     extra = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
     call = frames_call(head_frame(200, [("Content-Length", "5")]), b"hel", b"lo" + extra)
     gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
-    host, port = gateway.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"GET /ollama/api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # keep-alive
-    answer = await asyncio.wait_for(reader.read(), 5)  # the gateway closes the connection
-    writer.close()
+    # A keep-alive request: the answer only ends if the gateway closes the connection.
+    answer = await raw_exchange(gateway, b"GET /ollama/api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert b"Content-Length: 5" in head and body == b"hello"
