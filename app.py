@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import modal
 
@@ -18,11 +19,16 @@ app = modal.App(APP_NAME)
 # Settings are read again inside each container: carry the deployer's choices there.
 settings_env = forwarded_env()
 
+# Modal reads local files when it builds the image, relative to the folder `modal deploy`
+# runs in: name them from this file's folder so a deploy works from anywhere.
+HERE = Path(__file__).resolve().parent
+REQUIREMENTS = str(HERE / "requirements.txt")
+
 # --- Images -------------------------------------------------------------------------
 # The gateway is small and cheap: aiohttp on a CPU, no Ollama.
 gateway_image = (
     modal.Image.debian_slim(python_version="3.11")
-    .pip_install_from_requirements("requirements.txt")
+    .pip_install_from_requirements(REQUIREMENTS)
     .env(settings_env)
     .add_local_python_source("config", "proxy", "backend")
 )
@@ -32,7 +38,7 @@ backend_image = (
     modal.Image.debian_slim(python_version="3.11")
     .apt_install("curl", "ca-certificates", "zstd")
     .run_commands(f"curl -fsSL https://ollama.com/install.sh | OLLAMA_VERSION={settings.ollama_version} sh")
-    .pip_install_from_requirements("requirements.txt")
+    .pip_install_from_requirements(REQUIREMENTS)
     .env(settings_env)
     .add_local_python_source("config", "proxy", "backend")
 )

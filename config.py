@@ -25,6 +25,10 @@ MODAL_GPU_TYPES = (
 # redirect (useless to a streaming client): the deployed gateway answers 504 first.
 MODAL_WEB_FIRST_BYTE_LIMIT = 140
 
+# Modal's web proxy serves at most this many concurrent requests per container; a higher
+# @modal.concurrent(max_inputs=) would be silently ignored.
+MODAL_WEB_MAX_INPUTS = 1000
+
 # The gateway outlives the backend's own timeout by this much, so that a backend that
 # times out is reported to the client instead of the gateway being cut first.
 GATEWAY_TIMEOUT_MARGIN = 60
@@ -121,6 +125,7 @@ class Settings:
     gateway_max_inputs: int = 1000
     gateway_startup_timeout: int = 30
     gateway_max_body_mb: int = 100
+    gateway_body_timeout_s: int = 60  # longest time to receive a whole request body
     gateway_api_keys: tuple[str, ...] = field(default=(), repr=False)  # secret: never printed
     gateway_api_keys_secret: str = ""  # name of a Modal Secret holding GATEWAY_API_KEYS
     gateway_proxy_auth: bool = False
@@ -152,9 +157,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ollama_url=_ollama_url(env.get("OLLAMA_HOST", "")),
         gateway_port=_int(env, "GATEWAY_PORT", defaults.gateway_port, 1, 65535),
         gateway_min_containers=_int(env, "GATEWAY_MIN_CONTAINERS", defaults.gateway_min_containers, 0, 100),
-        gateway_max_inputs=_int(env, "GATEWAY_MAX_INPUTS", defaults.gateway_max_inputs, 1, 10_000),
+        gateway_max_inputs=_int(env, "GATEWAY_MAX_INPUTS", defaults.gateway_max_inputs, 1, MODAL_WEB_MAX_INPUTS),
         gateway_startup_timeout=_int(env, "GATEWAY_STARTUP_TIMEOUT", defaults.gateway_startup_timeout, 1, 600),
         gateway_max_body_mb=_int(env, "GATEWAY_MAX_BODY_MB", defaults.gateway_max_body_mb, 1, 10_000),
+        gateway_body_timeout_s=_int(env, "GATEWAY_BODY_TIMEOUT_S", defaults.gateway_body_timeout_s, 1, 3600),
         gateway_api_keys=_list(env, "GATEWAY_API_KEYS", ""),
         gateway_api_keys_secret=env.get("GATEWAY_API_KEYS_SECRET", "").strip(),
         gateway_proxy_auth=_bool(env, "GATEWAY_PROXY_AUTH", defaults.gateway_proxy_auth),
@@ -169,7 +175,7 @@ FORWARDED_ENV = (
     "OLLAMA_GPU", "OLLAMA_VERSION", "OLLAMA_SCALEDOWN", "OLLAMA_TIMEOUT", "OLLAMA_MAX_INPUTS",
     "OLLAMA_MAX_CONTAINERS", "OLLAMA_STARTUP_TIMEOUT",
     "OLLAMA_MODEL_LIST", "GATEWAY_PORT", "GATEWAY_MIN_CONTAINERS", "GATEWAY_MAX_INPUTS",
-    "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
+    "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_BODY_TIMEOUT_S", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
     "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY",
 )  # fmt: skip
 

@@ -61,6 +61,15 @@ def is_up(base_url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def version(base_url: str, timeout: float = 2.0) -> str | None:
+    """The version an Ollama reports, or None if it does not say."""
+    try:
+        reported = json.loads(_get(base_url + "/api/version", timeout)).get("version")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return reported if isinstance(reported, str) else None
+
+
 def canonical_model(name: str) -> str:
     """Ollama's own rule: a model with no tag means `:latest`."""
     last = name.rsplit("/", 1)[-1]

@@ -1,7 +1,7 @@
 """Which Ollama routes write to the model store (see Ollama's server/routes.go).
 
 Used by the backend (commit the volume after such a write) and by the gateway's
-read-only mode (refuse such writes).
+read-only mode (serve only reading and inference).
 """
 
 from __future__ import annotations
@@ -9,6 +9,24 @@ from __future__ import annotations
 from urllib.parse import unquote
 
 _WRITES = {("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete")}
+
+# What a read-only garden serves: reading and inference, from Ollama's route table
+# (server/routes.go, GenerateRoutes). Everything else is refused, including routes
+# Ollama adds later (account routes such as /api/signout and /api/user/keys are new).
+_READ_ONLY_ROUTES = frozenset(
+    {
+        ("GET", "/"), ("HEAD", "/"),
+        ("GET", "/api/version"), ("HEAD", "/api/version"),
+        ("GET", "/api/tags"), ("HEAD", "/api/tags"),
+        ("GET", "/api/ps"),
+        ("POST", "/api/show"),
+        ("POST", "/api/generate"), ("POST", "/api/chat"),
+        ("POST", "/api/embed"), ("POST", "/api/embeddings"),
+        ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
+        ("POST", "/v1/responses"), ("POST", "/v1/messages"),
+        ("GET", "/v1/models"),
+    }
+)  # fmt: skip
 
 
 def path_segments(path: str) -> list[str]:
@@ -39,3 +57,11 @@ def writes_model_store(method: str, path: str) -> bool:
     route = route_of(path)
     method = method.upper()
     return (method, route) in _WRITES or (method == "POST" and route.startswith("/api/blobs/"))
+
+
+def allowed_when_read_only(method: str, path: str) -> bool:
+    """True for what reading and inference need (`_READ_ONLY_ROUTES`, and
+    `GET /v1/models/<model>`); decided on the route Ollama will match."""
+    route = route_of(path)
+    method = method.upper()
+    return (method, route) in _READ_ONLY_ROUTES or (method == "GET" and route.startswith("/v1/models/"))

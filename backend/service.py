@@ -43,6 +43,8 @@ class OllamaService:
         self.server = server or ollama_server.OllamaServer(base_url)
         self.ready_timeout = ready_timeout
         self.relay = OllamaRelay(base_url)
+        self._store_dirty = False  # a store change not yet committed
+        self._committer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         """Start Ollama, pull missing models, commit, preload the first model."""
@@ -51,9 +53,7 @@ class OllamaService:
         log.info("ollama answered after %.1fs", waited)
         pulled, failed = ollama_server.pull_missing(self.base_url, self.models)
         if pulled:
-            started = time.monotonic()
-            self.commit()
-            log.info("volume committed (%s) in %.1fs", ", ".join(pulled), time.monotonic() - started)
+            self._commit(", ".join(pulled))
         available = [m for m in self.models if m not in failed]
         if available:
             try:
@@ -63,7 +63,7 @@ class OllamaService:
                 log.error("could not preload %s: %s", available[0], exc)
 
     async def proxy(self, request: RequestFrame, stops: StopSignals | None = None) -> AsyncIterator[Frame]:
-        """Relay one request; commit the volume after a successful store change.
+        """Relay one request; after a successful store change, commit the volume.
 
         With `stops`, the request also ends when the gateway signals that its client
         left, since Modal does not tell a generator that its consumer went away.
@@ -82,9 +82,40 @@ class OllamaService:
                 yield frame
         stopped = stop is not None and stop.done() and not stop.cancelled()
         if not stopped and changes_model_store(request["method"], request["path"], status):
+            self.store_changed()
+
+    def store_changed(self) -> None:
+        """Commit the volume in the background, never inside a response.
+
+        On Modal the client's stream ends only when this generator returns, a commit
+        retries for minutes when it must, and an error raised after the last frame could
+        overtake it on its way to the caller. So the response ends now; commits run one
+        at a time behind it (changes made meanwhile share the next one), and a failed one
+        is logged: Modal commits the volume again when the container exits.
+        """
+        self._store_dirty = True
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.ensure_future(self._commit_in_background())
+
+    async def _commit_in_background(self) -> None:
+        while self._store_dirty:
+            self._store_dirty = False
             # Modal's commit is blocking; keep the event loop free for other streams.
-            await asyncio.to_thread(self.commit)
-            log.info("volume committed after %s %s", request["method"], request["path"])
+            await asyncio.to_thread(self._commit, "after an API store change")
+
+    async def settle(self) -> None:
+        """Wait for background commits (tests, and a clean exit)."""
+        while self._committer is not None and not self._committer.done():
+            await self._committer
+
+    def _commit(self, reason: str) -> None:
+        started = time.monotonic()
+        try:
+            self.commit()
+        except Exception as exc:  # noqa: BLE001 (a reload fails while Ollama holds a model file open)
+            log.warning("volume commit (%s) failed: %s: %s; Modal commits again when the container exits", reason, type(exc).__name__, exc)
+            return
+        log.info("volume committed (%s) in %.1fs", reason, time.monotonic() - started)
 
     def stop(self) -> None:
         self.server.stop()

@@ -24,26 +24,25 @@ def main(argv: list[str] | None = None) -> int:
     from proxy.app import create_app
     from proxy.auth import is_loopback_name
     from proxy.local import find_ollama
-    from proxy.server import LISTEN_BACKLOG, RUNNER_OPTIONS, new_event_loop, settle_heap
+    from proxy.server import run_forever, settle_heap
 
     port = args.port or settings.gateway_port
     local = find_ollama(settings.ollama_url)
     # Bound to loopback, refuse other Host names (DNS rebinding), as Ollama does.
-    app = create_app(local.backend, settings, loopback_only=is_loopback_name(args.host))
+    app = create_app(local.backend, settings, loopback_only=is_loopback_name(args.host), local=local.report)
 
     async def stop_ollama(app: web.Application) -> None:
         local.stop()
 
     app.on_cleanup.append(stop_ollama)
 
-    def banner(_: str) -> None:  # run_app calls this once the socket is bound
+    def banner() -> None:  # once the socket is bound
         settle_heap()
         print(f"gateway listening on http://{args.host}:{port}  (Ollama API under /ollama)", flush=True)
         print(f"ollama: {local.description}", flush=True)
 
-    loop = new_event_loop()
     try:
-        web.run_app(app, host=args.host, port=port, print=banner, backlog=LISTEN_BACKLOG, loop=loop, **RUNNER_OPTIONS)
+        run_forever(app, args.host, port, banner)
     finally:
         local.stop()
     return 0

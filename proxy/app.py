@@ -7,17 +7,17 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backend.routes import writes_model_store
+from backend.routes import allowed_when_read_only
 from config import APP_NAME, Settings
 from proxy.auth import is_loopback_host, key_is_valid, origin_may_call, presented_key
 from proxy.errors import error_response
 from proxy.forward import EXCHANGE, Forwarder, forwarded_path
 from proxy.observe import Exchange, Metrics, path_family
 from proxy.paths import PREFIX, api_family
-from proxy.server import quiet_malformed_requests
 from proxy.transport import Backend
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,10 @@ BACKEND_KEY = web.AppKey("backend", Backend)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 
 # The gateway's own refusals, as error kinds in metrics and logs.
-_REFUSALS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+_REFUSALS = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    408: "body_timeout", 413: "body_too_large", 415: "unsupported_encoding", 417: "expectation_failed",
+}  # fmt: skip
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -43,20 +46,30 @@ def _family(request: web.Request) -> str:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error the gateway makes itself is JSON, never an HTML page or a traceback."""
+    """Every error the gateway makes itself is JSON, never an HTML page or a traceback.
+
+    Also: a request that came with a chunked body gets its connection closed after the
+    answer. aiohttp 3.14's C parser hands a chunked body's trailer fields to the *next*
+    request on the connection as headers (`_http_parser.pyx`: a trailer's name and value
+    are only processed when the next message's first header arrives), so a trailer
+    `X-API-Key: k1` would let a keyless request through. No next request, no leak.
+    """
     try:
-        return await handler(request)
+        response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
         message = exc.reason if exc.text is None else exc.text.removeprefix(f"{exc.status}: ")
-        return error_response(exc.status, message, _family(request), headers)
+        response = error_response(exc.status, message, _family(request), headers)
     except ConnectionResetError:
         raise  # the client left mid-response: there is nobody to answer
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
-        return error_response(500, "internal gateway error", _family(request))
+        response = error_response(500, "internal gateway error", _family(request))
+    if hdrs.TRANSFER_ENCODING in request.headers:
+        response.force_close()
+    return response
 
 
 def observe(metrics: Metrics) -> Middleware:
@@ -88,16 +101,19 @@ def observe(metrics: Metrics) -> Middleware:
     return middleware
 
 
-def access_guard(settings: Settings, loopback_only: bool) -> Middleware:
-    """Host, browser origin, API keys and read-only mode for forwarded paths (and
-    /metrics). Preflights pass: browsers send no credentials on them, and CORS answers
-    them without the backend."""
+def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.AbstractResource]) -> Middleware:
+    """Host, browser origin, API key, request body headers and read-only mode, checked
+    in that order before any body is read, for every route but the `public` ones.
+
+    Decided on the route the router matched (the decoded path), never on the raw path:
+    `/%6detrics` is /metrics to the router, so it is /metrics here too. Preflights pass:
+    browsers send no credentials on them, and CORS answers them without the backend.
+    """
+    max_body = settings.gateway_max_body_mb * 1024 * 1024
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        path = forwarded_path(request)
-        protected = path is not None or request.rel_url.raw_path == METRICS_PATH
-        if not protected or request.method == "OPTIONS":
+        if request.method == "OPTIONS" or request.match_info.route.resource in public:
             return await handler(request)
         family = _family(request)
         if loopback_only and not is_loopback_host(request.host):
@@ -109,11 +125,31 @@ def access_guard(settings: Settings, loopback_only: bool) -> Middleware:
             return error_response(
                 401, "missing or invalid API key: send Authorization: Bearer <key>", family, {"WWW-Authenticate": "Bearer"}
             )
-        if settings.gateway_read_only and path and writes_model_store(request.method, path):
-            return error_response(403, "this garden is read-only: pull, push, create, copy and delete are disabled", family)
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        if encoding != "identity":
+            # Ollama takes no compressed bodies, and inflating one would cost the event loop.
+            return error_response(415, f"compressed request bodies are not accepted (Content-Encoding: {encoding[:40]})", family)
+        if (request.content_length or 0) > max_body:
+            return error_response(413, f"request body over {settings.gateway_max_body_mb} MB (GATEWAY_MAX_BODY_MB)", family)
+        path = forwarded_path(request)
+        if settings.gateway_read_only and path and not allowed_when_read_only(request.method, path):
+            return error_response(403, "this garden is read-only: only chat, generation, embeddings and model listings are served", family)
+        if request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+            # Only now, with every check passed, may the client send its body.
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         return await handler(request)
 
     return guard
+
+
+async def continue_after_checks(request: web.Request) -> web.StreamResponse | None:
+    """aiohttp answers `Expect: 100-continue` before any middleware runs, so a keyless
+    client would be invited to send its body; the guard sends the 100 itself instead."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() != "100-continue":
+        return error_response(417, f"unsupported Expect: {expect[:40]}", _family(request))
+    return None
 
 
 def setup_cors(app: web.Application, origins: tuple[str, ...], routes: list) -> None:
@@ -128,25 +164,38 @@ def setup_cors(app: web.Application, origins: tuple[str, ...], routes: list) -> 
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
     for route in routes:
         cors.add(route)
+    app.on_response_prepare.append(vary_on_origin)  # after aiohttp-cors's own: it sees its headers
 
 
-def health_report(settings: Settings, backend_kind: str) -> dict:
-    """The gateway's version and its non-secret configuration."""
+async def vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """aiohttp-cors echoes the request's Origin (or leaves CORS headers out for one it
+    refuses): the answer depends on Origin, so a shared cache must key on it."""
+    if hdrs.ORIGIN in request.headers and "origin" not in response.headers.get(hdrs.VARY, "").lower():
+        response.headers.add(hdrs.VARY, hdrs.ORIGIN)
+
+
+def health_report(settings: Settings, backend_kind: str, local: dict | None = None) -> dict:
+    """The gateway's version and its non-secret configuration. In local mode (`local`:
+    the Ollama it talks to) the Modal GPU and model list mean nothing, so they are left out."""
+    backend = local if local is not None else {
+        "gpu": settings.ollama_gpu,
+        "models": list(settings.ollama_model_list),
+        "ollama_version": settings.ollama_version,
+    }
     return {
         "status": "ok",
         "service": APP_NAME,
         "version": __version__,
         "backend": backend_kind,
         "config": {
-            "gpu": settings.ollama_gpu,
-            "models": list(settings.ollama_model_list),
-            "ollama_version": settings.ollama_version,
+            **backend,
             "auth": bool(settings.gateway_api_keys),
             "proxy_auth": settings.gateway_proxy_auth,
             "read_only": settings.gateway_read_only,
             "cors_origins": list(settings.gateway_cors_origins),
             "timeout_s": settings.ollama_timeout,
             "max_body_mb": settings.gateway_max_body_mb,
+            "body_timeout_s": settings.gateway_body_timeout_s,
         },
     }
 
@@ -157,21 +206,20 @@ def create_app(
     backend_kind: str = "local",
     first_byte_timeout: float | None = None,
     loopback_only: bool = False,
+    local: dict | None = None,
 ) -> web.Application:
     """The gateway: `/health` here, everything under `/ollama` through `backend`.
 
     `first_byte_timeout` defaults to OLLAMA_TIMEOUT; `loopback_only` refuses any Host
-    but a loopback one (local mode bound to loopback, as Ollama itself does).
+    but a loopback one (local mode bound to loopback, as Ollama itself does); `local`
+    describes the local Ollama for /health.
     """
     metrics = Metrics()
-    app = web.Application(
-        middlewares=[observe(metrics), json_errors, access_guard(settings, loopback_only)],
-        client_max_size=settings.gateway_max_body_mb * 1024 * 1024,
-    )
+    app = web.Application(client_max_size=settings.gateway_max_body_mb * 1024 * 1024)
     app[BACKEND_KEY] = backend
     app[METRICS_KEY] = metrics
-    forward = Forwarder(backend, first_byte_timeout=first_byte_timeout or settings.ollama_timeout).handle
-    health_body = health_report(settings, backend_kind)
+    forward = Forwarder(backend, first_byte_timeout or settings.ollama_timeout, settings.gateway_body_timeout_s).handle
+    health_body = health_report(settings, backend_kind, local)
 
     async def health(request: web.Request) -> web.Response:
         # Answered here, never by the backend: a health check must not wake a GPU.
@@ -183,13 +231,15 @@ def create_app(
     async def close_backend(app: web.Application) -> None:
         await app[BACKEND_KEY].aclose()
 
-    routes = [app.router.add_get("/health", health), app.router.add_get(METRICS_PATH, metrics_page)]
+    health_route = app.router.add_get("/health", health)
+    routes = [health_route, app.router.add_get(METRICS_PATH, metrics_page, expect_handler=continue_after_checks)]
     # Other methods get the router's 405 (with Allow), made JSON by json_errors.
     forwarded = app.router.add_resource(PREFIX + "{tail:(/.*)?}")
-    routes += [forwarded.add_route(method, forward) for method in FORWARDED_METHODS]
+    routes += [forwarded.add_route(method, forward, expect_handler=continue_after_checks) for method in FORWARDED_METHODS]
+    public = frozenset({health_route.resource})  # everything else is behind the guard
+    app.middlewares.extend([observe(metrics), json_errors, access_guard(settings, loopback_only, public)])
     setup_cors(app, settings.gateway_cors_origins, routes)
     app.on_cleanup.append(close_backend)
-    quiet_malformed_requests()
 
     if not settings.gateway_api_keys:
         log.warning("no GATEWAY_API_KEYS set: the gateway is open to anyone who can reach it")

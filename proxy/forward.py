@@ -7,6 +7,7 @@ import logging
 import time
 
 from aiohttp import web
+from aiohttp.web import RequestPayloadError
 
 from backend.wire import BackendUnavailable, UpstreamBroken, request_frame
 from proxy.errors import error_response, stream_error_tail
@@ -102,12 +103,24 @@ class _Discard:
         return None
 
 
+async def answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send `response`, then close the connection: the rest of the request body is not
+    wanted (aiohttp would otherwise keep reading it for up to 10 s after the answer)."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    if request.transport is not None:
+        request.transport.close()  # flushes the answer first
+    return response
+
+
 class Forwarder:
     """The `/ollama/*` handler: one instance per app, holding the backend and its timeout."""
 
-    def __init__(self, backend: Backend, first_byte_timeout: float) -> None:
+    def __init__(self, backend: Backend, first_byte_timeout: float, body_timeout: float = 60.0) -> None:
         self.backend = backend
         self.first_byte_timeout = first_byte_timeout
+        self.body_timeout = body_timeout
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = forwarded_path(request)
@@ -115,9 +128,18 @@ class Forwarder:
             raise web.HTTPNotFound()
         family = api_family(path)
         exchange: Exchange = request[EXCHANGE]
-        # Request bodies are bounded by the app's client_max_size; Modal needs the
-        # whole body as a call argument anyway. Response bodies are never buffered.
-        body = await request.read()
+        # Request bodies are bounded by the app's client_max_size and in time (a slow
+        # drip never trips an idle timeout); Modal needs the whole body as a call
+        # argument anyway. Response bodies are never buffered.
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await request.read()
+        except TimeoutError:
+            exchange.error = "body_timeout"
+            return await answer_and_close(request, error_response(408, f"the request body did not arrive within {self.body_timeout:.0f}s", family))
+        except RequestPayloadError as exc:  # its framing broke (proxy.server.GatewayRequestHandler)
+            exchange.error = "bad_request"
+            return await answer_and_close(request, error_response(400, str(exc), family))
         exchange.model = model_of(body, request.content_type)
         frame = request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
         try:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from backend.ollama_server import OllamaServer, OllamaStartError, is_up
+from backend.ollama_server import OllamaServer, OllamaStartError, is_up, version
 from backend.relay import OllamaRelay
 from proxy.auth import is_loopback_name
 from proxy.transport import Backend, InProcessBackend, UnavailableBackend
@@ -21,6 +21,13 @@ class LocalOllama:
     backend: Backend
     description: str  # for the start-up banner
     server: OllamaServer | None = None  # set when we started `ollama serve` ourselves
+    url: str = ""
+    version: str | None = None  # what it reported at start-up
+
+    @property
+    def report(self) -> dict:
+        """What local mode really uses, for /health (not Modal's GPU and models)."""
+        return {"ollama_url": self.url, "ollama_version": self.version, "ollama_started_by_gateway": self.server is not None}
 
     def stop(self) -> None:
         if self.server is not None:
@@ -32,7 +39,7 @@ def find_ollama(
 ) -> LocalOllama:
     """Use the Ollama at `base_url`; else start `ollama serve` there; else explain."""
     if is_up(base_url):
-        return LocalOllama(InProcessBackend(OllamaRelay(base_url)), f"using the Ollama already running at {base_url}")
+        return LocalOllama(InProcessBackend(OllamaRelay(base_url)), f"using the Ollama already running at {base_url}", url=base_url, version=version(base_url))
     binary = which("ollama")
     host = urlsplit(base_url).hostname or ""
     if binary and is_loopback_name(host):
@@ -42,9 +49,13 @@ def find_ollama(
             waited = server.wait_ready(ready_timeout)
         except OllamaStartError as exc:
             server.stop()
-            return LocalOllama(UnavailableBackend(f"{exc}. Run `ollama serve` yourself to see why."), f"could not start {binary}: {exc}")
+            return LocalOllama(UnavailableBackend(f"{exc}. Run `ollama serve` yourself to see why."), f"could not start {binary}: {exc}", url=base_url)
         return LocalOllama(
-            InProcessBackend(OllamaRelay(base_url)), f"started `{binary} serve` at {base_url} ({waited:.1f}s); it stops with the gateway", server
+            InProcessBackend(OllamaRelay(base_url)),
+            f"started `{binary} serve` at {base_url} ({waited:.1f}s); it stops with the gateway",
+            server,
+            url=base_url,
+            version=version(base_url),
         )
     message = (
         f"No Ollama answers at {base_url}"
@@ -52,4 +63,4 @@ def find_ollama(
         + ". Install Ollama from https://ollama.com/download and run `ollama serve`,"
         " or set OLLAMA_HOST to the host:port of a running Ollama."
     )
-    return LocalOllama(UnavailableBackend(message), message)
+    return LocalOllama(UnavailableBackend(message), message, url=base_url)

@@ -64,7 +64,7 @@ def model_of(body: bytes, content_type: str) -> str | None:
         return None
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's limit: Ollama's to answer
         return None
     model = parsed.get("model") if isinstance(parsed, dict) else None
     return model[:200] if isinstance(model, str) else None

@@ -1,18 +1,32 @@
-"""Serving the gateway app: in a background thread (Modal) or in the foreground (local)."""
+"""Serving the gateway app: in a background thread (Modal) or in the foreground (local).
+
+Both run the app on `GatewayRunner`, whose connections are aiohttp's `RequestHandler`
+with two repairs (see `GatewayRequestHandler`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
+import signal
 import threading
 from collections.abc import Callable
 
-from aiohttp import http_exceptions, web
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
+
+from proxy.errors import error_response
+
+log = logging.getLogger(__name__)
 
 # Cancel a handler when its client disconnects: that is how "stop" reaches Ollama
-# even while no chunk is flowing.
-RUNNER_OPTIONS = {"handler_cancellation": True, "access_log": None}
+# even while no chunk is flowing. Request bodies are never inflated: the gateway refuses
+# a Content-Encoding before reading (Ollama takes none), so a gzip bomb costs nothing.
+RUNNER_OPTIONS = {"handler_cancellation": True, "access_log": None, "auto_decompress": False}
 
 # aiohttp's default listen backlog (128) refuses connections when a burst of streams
 # opens at once (seen in bench/ at 2,000 streams).
@@ -42,22 +56,101 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-class MalformedRequestsInOneLine(logging.Filter):
-    """aiohttp logs a full traceback for every malformed request it refuses with a 4xx.
-    From the internet that is noise (and an easy way to flood the logs): keep one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, http_exceptions.HttpProcessingError):
-            record.msg, record.args = "refused a malformed request: %s", (str(exc).splitlines()[0][:200],)
-            record.exc_info, record.exc_text, record.levelno, record.levelname = None, None, logging.INFO, "INFO"
-        return True
+def parser_reason(exc: HttpProcessingError) -> str:
+    """The first line of a parser error: what was wrong, never the raw bytes that
+    follow it in aiohttp's message (a header line may hold a key)."""
+    return (exc.message.splitlines() or [""])[0].strip().rstrip(":")[:200] or "malformed request"
 
 
-def quiet_malformed_requests() -> None:
-    logger = logging.getLogger("aiohttp.server")
-    if not any(isinstance(f, MalformedRequestsInOneLine) for f in logger.filters):
-        logger.addFilter(MalformedRequestsInOneLine())
+class GatewayRequestHandler(RequestHandler):
+    """aiohttp's connection handler, with two repairs for input from the internet.
+
+    - aiohttp 3.14's C parser (`_http_parser.pyx`, `feed_data`) drops the body it was
+      filling when a request's chunked framing breaks mid-body: the handler reading it
+      waits forever, holding its buffers and connection. Here the body fails at once
+      (`RequestPayloadError`), so the forwarder answers 400 and lets go.
+    - The parser's own 400s (bad request line, bad header) become one JSON error and one
+      log line with the reason, instead of a text/plain page that echoes the raw bytes
+      and a traceback (or, for a bad request line, nothing at all).
+    """
+
+    _filling: StreamReader | None = None  # the body the parser is writing into
+
+    def data_received(self, data: bytes) -> None:
+        queued = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) == queued:
+            return
+        for message, payload in itertools.islice(self._messages, queued, None):
+            if not isinstance(message, _ErrInfo):
+                self._filling = payload
+            elif self._filling is not None and not self._filling.is_eof():
+                self._filling.set_exception(RequestPayloadError(f"malformed request body: {parser_reason(message.exc)}"))
+                self._filling.feed_eof()  # nothing more comes: aiohttp must not linger reading it
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        reason = parser_reason(exc)
+        log.info("refused a malformed request from %s: %d %s", request.remote, status, reason)
+        response = error_response(status, f"malformed request: {reason}")
+        response.force_close()
+        return response
+
+
+class GatewayServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return GatewayRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """An AppRunner whose connections are `GatewayRequestHandler`s."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        return GatewayServer(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            loop=server._loop,
+            **server._kwargs,
+        )
+
+
+async def start_site(app: web.Application, host: str, port: int, **options) -> tuple[GatewayRunner, web.TCPSite]:
+    """Serve `app` on host:port with the gateway's runner options; return once listening."""
+    runner = GatewayRunner(app, **{**RUNNER_OPTIONS, **options})
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site
+
+
+def run_forever(app: web.Application, host: str, port: int, on_ready: Callable[[], None]) -> None:
+    """Serve `app` in the foreground (local mode) until Ctrl-C or SIGTERM, then clean up
+    (the app's on_cleanup hooks run: they stop an Ollama we started)."""
+
+    async def main() -> None:
+        runner, _ = await start_site(app, host, port)
+        try:
+            on_ready()
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        try:
+            runner.run(main())
+        except KeyboardInterrupt:  # asyncio.Runner cancelled main(), which cleaned up
+            pass
 
 
 def serve_in_thread(make_app: Callable[[], web.Application], host: str, port: int, ready_timeout: float = 30.0) -> threading.Thread:
@@ -70,9 +163,7 @@ def serve_in_thread(make_app: Callable[[], web.Application], host: str, port: in
     failure: list[BaseException] = []
 
     async def main() -> None:
-        runner = web.AppRunner(make_app(), **RUNNER_OPTIONS)
-        await runner.setup()
-        await web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG).start()
+        await start_site(make_app(), host, port)
         settle_heap()
         ready.set()
         await asyncio.Event().wait()  # serve until the process ends

@@ -13,7 +13,7 @@ from aiohttp import web
 from backend.relay import OllamaRelay
 from config import Settings
 from proxy.app import create_app
-from proxy.server import RUNNER_OPTIONS
+from proxy.server import start_site
 from proxy.transport import Backend, InProcessBackend
 from tests.ollama_standin import StandinState, create_standin
 
@@ -27,12 +27,18 @@ class Served:
 
 
 async def serve(app: web.Application, **options) -> Served:
-    runner = web.AppRunner(app, **{**RUNNER_OPTIONS, **options})
+    """Any aiohttp app (the stand-in) on plain aiohttp."""
+    runner = web.AppRunner(app, access_log=None, **options)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    return Served(runner, f"http://127.0.0.1:{port}")
+    return Served(runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+
+
+async def serve_gateway(app: web.Application) -> Served:
+    """The gateway app, served exactly as local mode and Modal serve it."""
+    runner, site = await start_site(app, "127.0.0.1", 0)
+    return Served(runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
 
 
 @pytest.fixture
@@ -58,7 +64,7 @@ async def start_gateway(settings: Settings) -> AsyncIterator[Callable]:
 
     async def start(backend: Backend, first_byte_timeout: float | None = None, loopback_only: bool = False, **overrides) -> str:
         app = create_app(backend, dataclasses.replace(settings, **overrides), first_byte_timeout=first_byte_timeout, loopback_only=loopback_only)
-        served = await serve(app)
+        served = await serve_gateway(app)
         started.append(served)
         return served.url
 

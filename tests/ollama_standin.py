@@ -98,7 +98,7 @@ async def _json_body(request: web.Request) -> dict | web.Response:
         return _error(400, "missing request body")
     try:
         body = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # Go's decoder stops at depth 10,000: a 400 too
         return _error(400, f"invalid character in request body: {exc}")
     if not isinstance(body, dict):
         return _error(400, "invalid request body")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 
 import pytest
 
 from backend.cancel import LocalStopSignals
 from backend.wire import head_frame
 from proxy.transport import RemoteBackend
+from tests.conftest import raw_exchange
 
 
 class RecordingBackend(RemoteBackend):
@@ -160,24 +163,39 @@ async def test_only_configured_origins_are_allowed(start_gateway, http):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete"), ("POST", "/api/blobs/sha256:abc")],
-)
-async def test_read_only_mode_refuses_store_writes(start_gateway, http, method, path):
+    [
+        ("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/create"), ("POST", "/api/copy"), ("DELETE", "/api/delete"),
+        ("POST", "/api/blobs/sha256:abc"), ("HEAD", "/api/blobs/sha256:abc"),
+        # Ollama's account routes, and whatever it adds next: read-only is an allow-list.
+        ("POST", "/api/signout"), ("DELETE", "/api/user/keys/abc"), ("POST", "/api/me"), ("POST", "/api/some-future-write"),
+        ("PUT", "/api/tags"),
+    ],
+)  # fmt: skip
+async def test_read_only_mode_refuses_everything_but_reading_and_inference(start_gateway, http, method, path):
     backend = RecordingBackend()
     gateway = await start_gateway(backend, gateway_read_only=True)
     async with http.request(method, gateway + "/ollama" + path, json={"model": "m"}) as response:
         assert response.status == 403
-        assert "read-only" in (await response.json())["error"]
+        if method != "HEAD":
+            assert "error" in await response.json()
     assert backend.calls == []
 
 
-async def test_read_only_mode_still_serves_reads_and_chat(start_gateway, http):
+READ_AND_INFER = [
+    ("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version"), ("GET", "/api/tags"), ("HEAD", "/api/tags"),
+    ("GET", "/api/ps"), ("POST", "/api/show"), ("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/api/embed"),
+    ("POST", "/api/embeddings"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
+    ("POST", "/v1/responses"), ("POST", "/v1/messages"), ("GET", "/v1/models"), ("GET", "/v1/models/llama3.2:latest"),
+]  # fmt: skip
+
+
+async def test_read_only_mode_still_serves_reads_and_inference(start_gateway, http):
     backend = RecordingBackend()
     gateway = await start_gateway(backend, gateway_read_only=True)
-    for method, path in (("GET", "/api/tags"), ("POST", "/api/chat"), ("POST", "/api/show"), ("HEAD", "/api/blobs/sha256:abc"), ("POST", "/v1/chat/completions")):
+    for method, path in READ_AND_INFER:
         async with http.request(method, gateway + "/ollama" + path) as response:
-            assert response.status == 200
-    assert len(backend.calls) == 5
+            assert response.status == 200, (method, path)
+    assert [(call["method"], call["path"]) for call in backend.calls] == READ_AND_INFER
 
 
 @pytest.mark.parametrize(
@@ -188,7 +206,6 @@ async def test_read_only_mode_sees_through_percent_encoding(start_gateway, http,
     # Ollama's router matches the decoded path (Go's URL.Path), so must the check.
     backend = RecordingBackend()
     gateway = await start_gateway(backend, gateway_read_only=True)
-    from tests.conftest import raw_exchange
 
     answer = await raw_exchange(gateway, f"{method} /ollama{path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}".encode())
     assert answer.startswith(b"HTTP/1.1 403 ")
@@ -203,3 +220,132 @@ async def test_method_labels_stay_bounded(start_gateway, http):
     async with http.get(gateway + "/metrics") as response:
         text = await response.text()
     assert 'method="other"' in text and "PROPFIND" not in text and "MKCOL" not in text
+
+
+# --- Hardening: what an adversarial review found (issue 14) ---------------------------
+
+
+def raw_request(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/%6detrics", "/metric%73", "/%6D%65%74%72%69%63%73", "//metrics", "/./metrics", "/x/../metrics"])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_metrics_behind_a_key_cannot_be_reached_by_encoding_its_path(start_gateway, method, path):
+    gateway = await start_gateway(RecordingBackend(), gateway_api_keys=("k1",))
+
+    answer = await raw_exchange(gateway, raw_request(method, path, {"Connection": "close"}))
+    assert status_of(answer) in (401, 404), answer[:200]
+    assert b"garden_" not in answer
+    keyed = await raw_exchange(gateway, raw_request("GET", path, {"Connection": "close", "X-API-Key": "k1"}))
+    assert status_of(keyed) in (200, 404)
+
+
+async def test_a_keyless_loopback_gateway_checks_host_on_encoded_metrics_paths_too(start_gateway):
+    gateway = await start_gateway(RecordingBackend(), loopback_only=True)
+
+    for path in ("/metrics", "/%6detrics"):
+        answer = await raw_exchange(gateway, f"GET {path} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".encode())
+        assert status_of(answer) == 403 and b"garden_" not in answer
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate", "zstd", "GZIP", "gzip, identity"])
+async def test_compressed_request_bodies_are_refused_with_415_before_reading(start_gateway, encoding):
+
+
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_max_body_mb=1)
+
+    bomb = gzip.compress(b"{" + b" " * 20_000_000 + b"}")  # 20 MB once inflated: 20x the body limit
+    for path, family in (("/ollama/api/chat", "ollama"), ("/ollama/v1/chat/completions", "openai")):
+        request = raw_request("POST", path, {"Content-Encoding": encoding, "Content-Length": str(len(bomb)), "Connection": "close"}, bomb)
+        answer = await raw_exchange(gateway, request)
+        assert status_of(answer) == 415, answer[:300]
+        error = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]
+        message = error["message"] if family == "openai" else error
+        assert "compressed request bodies are not accepted" in message
+    assert backend.calls == []
+
+
+async def test_a_compressed_body_without_a_key_gets_401_not_415(start_gateway):
+    gateway = await start_gateway(RecordingBackend(), gateway_api_keys=("k1",))
+
+    answer = await raw_exchange(gateway, raw_request("POST", "/ollama/api/chat", {"Content-Encoding": "gzip", "Content-Length": "2", "Connection": "close"}, b"xx"))
+    assert status_of(answer) == 401
+
+
+async def test_a_declared_length_over_the_limit_is_refused_before_any_body_is_sent(start_gateway):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_max_body_mb=1)
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    # Only the head: a gateway that read the body first would wait for 100 MB.
+    writer.write(raw_request("POST", "/ollama/api/chat", {"Content-Length": str(100 * 1024 * 1024)}))
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    writer.close()
+    assert status_of(head) == 413
+    assert backend.calls == []
+
+
+async def test_expect_100_continue_without_a_key_gets_401_and_no_invitation(start_gateway):
+    gateway = await start_gateway(RecordingBackend(), gateway_api_keys=("k1",))
+    host, port = gateway.removeprefix("http://").split(":")
+
+    async def first_answer(headers: dict[str, str]) -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(raw_request("POST", "/ollama/api/chat", {"Expect": "100-continue", "Content-Length": "2", **headers}))
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        finally:
+            writer.close()
+
+    assert (await first_answer({})).startswith(b"HTTP/1.1 401 ")
+    assert (await first_answer({"Authorization": "Bearer k1", "Content-Encoding": "gzip"})).startswith(b"HTTP/1.1 415 ")
+    assert (await first_answer({"Authorization": "Bearer k1"})) == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def test_an_unknown_expectation_gets_417_json(start_gateway):
+    gateway = await start_gateway(RecordingBackend())
+
+    answer = await raw_exchange(gateway, raw_request("POST", "/ollama/api/chat", {"Expect": "teapot", "Content-Length": "2", "Connection": "close"}, b"{}"))
+    assert status_of(answer) == 417 and b'"error"' in answer
+
+
+async def test_a_trailer_on_a_chunked_request_never_reaches_the_next_request(start_gateway):
+    # aiohttp 3.14's C parser gives a chunked body's trailer fields to the next request
+    # on the connection as headers: `X-API-Key: k1` in a trailer let a keyless request in.
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_api_keys=("k1",))
+
+    smuggled = (
+        b"POST /ollama/api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\n{}\r\n0\r\nX-API-Key: k1\r\n\r\n"
+        b"GET /ollama/api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    answer = await raw_exchange(gateway, smuggled)
+    assert answer.count(b"HTTP/1.1 ") == 1 and status_of(answer) == 401  # the first is refused, the second never served
+    assert backend.calls == []
+    # With a valid key the chunked request is served, and its connection still closes after.
+    answer = await raw_exchange(gateway, smuggled.replace(b"chunked\r\n\r\n", b"chunked\r\nX-API-Key: k1\r\n\r\n", 1))
+    assert answer.count(b"HTTP/1.1 ") == 1 and status_of(answer) == 200
+    assert [call["path"] for call in backend.calls] == ["/api/chat"]
+
+
+async def test_cors_answers_vary_on_origin(start_gateway, http):
+    gateway = await start_gateway(RecordingBackend(), gateway_api_keys=("k",))
+    for origin in ("https://a.example", "https://b.example"):
+        async with http.get(gateway + "/ollama/api/tags", headers={"Origin": origin, "Authorization": "Bearer k"}) as response:
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+            assert response.headers["Vary"] == "Origin"
+        async with http.options(gateway + "/ollama/api/chat", headers={**PREFLIGHT, "Origin": origin}) as response:
+            assert response.headers["Access-Control-Allow-Origin"] == origin
+            assert "Origin" in response.headers.getall("Vary")
+    async with http.get(gateway + "/ollama/api/tags", headers={"Authorization": "Bearer k"}) as response:
+        assert "Vary" not in response.headers  # no Origin, nothing echoed

@@ -15,7 +15,7 @@ def test_defaults():
     assert s.gateway_min_containers == 1 and s.gateway_max_inputs == 1000
     assert s.gateway_timeout >= s.ollama_timeout
     assert s.ollama_url == "http://127.0.0.1:11434"
-    assert s.gateway_max_body_mb == 100
+    assert s.gateway_max_body_mb == 100 and s.gateway_body_timeout_s == 60
 
 
 @pytest.mark.parametrize(
@@ -59,6 +59,9 @@ def test_gpu_accepted(gpu):
         ({"OLLAMA_MAX_INPUTS": "0"}, "OLLAMA_MAX_INPUTS='0'"),
         ({"GATEWAY_MIN_CONTAINERS": "-1"}, "GATEWAY_MIN_CONTAINERS='-1'"),
         ({"GATEWAY_MAX_INPUTS": "many"}, "GATEWAY_MAX_INPUTS='many'"),
+        # Modal's web proxy serves at most 1,000 concurrent requests per container.
+        ({"GATEWAY_MAX_INPUTS": "1001"}, "GATEWAY_MAX_INPUTS='1001': expected a whole number from 1 to 1000"),
+        ({"GATEWAY_BODY_TIMEOUT_S": "0"}, "GATEWAY_BODY_TIMEOUT_S='0': expected a whole number from 1 to 3600"),
         ({"OLLAMA_VERSION": "latest"}, "OLLAMA_VERSION='latest': expected a release number"),
         ({"OLLAMA_HOST": "localhost:http"}, "OLLAMA_HOST"),
     ],

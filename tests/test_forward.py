@@ -382,3 +382,38 @@ async def test_300_concurrent_streams_complete_byte_identical(standin, gateway):
         bodies = await asyncio.gather(*(one() for _ in range(300)))
     assert all(body == expected for body in bodies)
     assert state.streams_finished == 301 and state.streams_cancelled == 0
+
+
+async def test_deeply_nested_or_undecodable_json_is_ollamas_to_answer_never_a_gateway_500(standin, gateway, http, caplog):
+    _, state = standin
+    for body in (b"[" * 60_000, b'{"model": ' * 20_000, b"\xff\xfe\x00{", b'{"model": "\xc3\x28"}', b"\x00" * 100):
+        async with http.post(gateway + "/ollama/api/chat", data=body, headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 400, body[:20]  # the stand-in's own answer, as Ollama's would be
+            assert set(await response.json()) == {"error"}
+    assert len(state.seen) == 5
+    assert "Traceback" not in caplog.text
+
+
+async def test_a_body_dripped_slower_than_the_body_timeout_gets_408_and_is_released(standin, start_gateway):
+    url, state = standin
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_body_timeout_s=1)
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /ollama/api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+    await writer.drain()
+
+    async def drip():  # a byte every 0.3 s: an idle timeout would never fire
+        for _ in range(20):
+            await asyncio.sleep(0.3)
+            writer.write(b" ")
+            await writer.drain()
+
+    dripping = asyncio.ensure_future(drip())
+    try:
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        dripping.cancel()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"error": "the request body did not arrive within 1s"}
+    assert state.seen == []

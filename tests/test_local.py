@@ -99,7 +99,12 @@ def test_uses_a_running_ollama(local_gateways, standin_process):
     gateway = local_gateways(env_with_path(None, OLLAMA_HOST=f"127.0.0.1:{standin_process}"))
     assert gateway.listening == f"gateway listening on {gateway.url}  (Ollama API under /ollama)"
     assert "using the Ollama already running" in gateway.ollama_line
-    assert gateway.get("/health")[0] == 200
+    status, health = gateway.get("/health")
+    # What local mode really uses, not Modal's GPU and model list.
+    assert status == 200 and health["backend"] == "local"
+    assert health["config"]["ollama_url"] == f"http://127.0.0.1:{standin_process}"
+    assert health["config"]["ollama_version"] == "0.30.3-standin" and health["config"]["ollama_started_by_gateway"] is False
+    assert "gpu" not in health["config"] and "models" not in health["config"]
     status, tags = gateway.get("/ollama/api/tags")
     assert status == 200 and "llama3.2:latest" in [m["name"] for m in tags["models"]]
     assert gateway.get("/ollama")[1] == "Ollama is running"
@@ -115,6 +120,7 @@ def test_starts_ollama_itself_and_stops_it_on_exit(local_gateways, tmp_path):
     assert "started `" in gateway.ollama_line and "serve`" in gateway.ollama_line
     status, version = gateway.get("/ollama/api/version")
     assert status == 200 and version["version"].endswith("standin")
+    assert gateway.get("/health")[1]["config"]["ollama_started_by_gateway"] is True
     code, out = gateway.interrupt()
     assert code == 0, out
     assert "Traceback" not in out
@@ -123,7 +129,8 @@ def test_starts_ollama_itself_and_stops_it_on_exit(local_gateways, tmp_path):
 
 def test_without_ollama_it_still_serves_and_says_what_to_do(local_gateways):
     gateway = local_gateways(env_with_path(None, OLLAMA_HOST=f"127.0.0.1:{free_port()}"))
-    assert gateway.get("/health")[0] == 200
+    status, health = gateway.get("/health")
+    assert status == 200 and health["config"]["ollama_version"] is None
     status, body = gateway.get("/ollama/api/tags")
     assert status == 503
     assert "not on PATH" in body["error"] and "Install Ollama" in body["error"] and "OLLAMA_HOST" in body["error"]
@@ -140,3 +147,13 @@ def test_a_bad_setting_stops_it_with_a_clear_message():
     assert result.returncode == 2
     assert "OLLAMA_TIMEOUT='soon'" in result.stderr and "whole number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sigterm_stops_it_cleanly_too(local_gateways, tmp_path):
+    write_fake_ollama(tmp_path / "bin")
+    ollama_port = free_port()
+    gateway = local_gateways(env_with_path(tmp_path / "bin", OLLAMA_HOST=f"http://127.0.0.1:{ollama_port}"))
+    gateway.process.terminate()
+    out, _ = gateway.process.communicate(timeout=20)
+    assert gateway.process.returncode == 0 and "Traceback" not in out
+    assert not is_up(f"http://127.0.0.1:{ollama_port}")  # the Ollama it started is stopped

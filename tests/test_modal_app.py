@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -116,3 +117,26 @@ def test_a_bad_setting_fails_at_import_naming_the_variable(name, value, message)
     )
     assert result.returncode != 0
     assert "ConfigError" in result.stderr and message in result.stderr
+
+
+def test_local_files_resolve_from_app_py_not_from_the_deploy_folder(tmp_path):
+    # Modal opens a requirements file when it builds the image, relative to the folder
+    # `modal deploy` runs in; `modal deploy ~/garden/app.py` from elsewhere must work.
+    script = f"""
+import json, sys, modal
+sys.path.insert(0, {str(REPO)!r})  # as `modal deploy <path>/app.py` does
+seen = []
+real = modal.Image.pip_install_from_requirements
+def recording(self, requirements_txt, *args, **kwargs):
+    seen.append(requirements_txt)
+    return real(self, requirements_txt, *args, **kwargs)
+modal.Image.pip_install_from_requirements = recording
+import app
+print(json.dumps(seen))
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env_with_path(None), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    paths = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(paths) == 2  # the gateway's image and the backend's
+    for path in paths:
+        assert os.path.isabs(path) and os.path.samefile(path, REPO / "requirements.txt")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
 import threading
 import urllib.request
 
+import aiohttp
 import pytest
 
 from config import Settings
 from proxy.app import create_app
 from proxy.server import serve_in_thread
 from proxy.transport import UnavailableBackend
+from tests.conftest import raw_exchange
 from tests.test_ollama_server import free_port
 
 
@@ -32,3 +36,47 @@ def test_serve_in_thread_reports_a_port_it_cannot_bind():
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError, match=f"failed to start on 127.0.0.1:{port}"):
             serve_in_thread(lambda: create_app(UnavailableBackend("none"), Settings()), "127.0.0.1", port, ready_timeout=5)
+
+
+async def test_a_chunked_body_whose_framing_breaks_mid_body_gets_400_and_is_released(standin, gateway, caplog):
+    # aiohttp's C parser drops the body it was filling when the framing breaks: the
+    # handler reading it waited forever, its connection and buffers held.
+    _, state = standin
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /ollama/api/chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the handler is now reading the body
+    writer.write(b"5\r\nhelloXX\r\n")  # a chunk longer than it said
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 3)  # and the gateway closes the connection
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body == {"error": "malformed request body: Expected LF after chunk data"}
+    assert answer.count(b"HTTP/1.1 ") == 1
+    assert state.seen == []
+    async with aiohttp.ClientSession() as session, session.get(gateway + "/metrics") as response:
+        assert "garden_streams_in_flight 0.0" in await response.text()
+    assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"GET /x y z HTTP/1.1\r\nHost: x\r\n\r\n", "Bad status line"),
+        (b"G@T /ollama/api/tags HTTP/1.1\r\nHost: x\r\n\r\n", "Invalid method encountered"),  # logged at DEBUG by aiohttp
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64, "Received HTTPS traffic on an HTTP port"),
+        (b"GET /ollama/api/tags HTTP/1.1\r\nHost: x\r\nX-Api-Key: sk-secret\x01\r\n\r\n", "Invalid header value char"),
+        (b"GET /ollama/api/tags HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n", "Invalid character in Content-Length"),
+    ],
+)
+async def test_the_parsers_own_400s_are_json_and_log_one_line_with_the_reason(gateway, caplog, raw, reason):
+    caplog.set_level(logging.INFO)  # as deployed: a line aiohttp logs at DEBUG would be lost
+    answer = await raw_exchange(gateway, raw)
+    assert answer.startswith(b"HTTP/1.0 400 ") and b"Content-Type: application/json" in answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"].startswith(f"malformed request: {reason}")
+    lines = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(lines) == 1 and reason in lines[0], caplog.text
+    assert "sk-secret" not in caplog.text and "sk-secret" not in answer.decode(errors="replace")
+    assert "Traceback" not in caplog.text

@@ -86,12 +86,71 @@ async def test_proxy_commits_after_a_store_change_only(standin):
     async def run(method, path, body):
         return [f async for f in service.proxy(request_frame(method, path, [], json.dumps(body).encode()))]
 
-    await run("POST", "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]})
+    async def settled_run(method, path, body):
+        frames = await run(method, path, body)
+        await service.settle()
+        return frames
+
+    await settled_run("POST", "/api/chat", {"model": "llama3.2", "messages": [{"role": "user", "content": "x"}]})
     assert commits == []
-    await run("POST", "/api/pull", {"model": "qwen3:0.6b"})
+    await settled_run("POST", "/api/pull", {"model": "qwen3:0.6b"})
     assert commits == [1]
-    await run("DELETE", "/api/delete", {"model": "qwen3:0.6b"})
+    await settled_run("DELETE", "/api/delete", {"model": "qwen3:0.6b"})
     assert commits == [1, 1]
-    await run("DELETE", "/api/delete", {"model": "qwen3:0.6b"})  # 404: nothing changed
+    await settled_run("DELETE", "/api/delete", {"model": "qwen3:0.6b"})  # 404: nothing changed
     assert commits == [1, 1]
     await service.relay.aclose()
+
+
+async def test_the_response_ends_before_the_commit_and_commits_run_one_at_a_time(standin):
+    # On Modal a client's stream ends only when the generator returns: a commit (which
+    # Modal may retry for minutes) must not hold it open.
+    import threading
+
+    url, _ = standin
+    release, running, commits = threading.Event(), [], []
+
+    def slow_commit():
+        running.append(1)
+        assert len(running) == 1, "two commits at once"
+        release.wait(10)
+        commits.append(1)
+        running.pop()
+
+    service = OllamaService(url, (), commit=slow_commit, server=AlreadyRunning())
+    pull = [f async for f in service.proxy(request_frame("POST", "/api/pull", [], b'{"model": "qwen3:0.6b"}'))]
+    assert json.loads(pull[-1].splitlines()[-1]) == {"status": "success"}  # the whole stream, with the commit still running
+    copy = [f async for f in service.proxy(request_frame("POST", "/api/copy", [], b'{"source": "qwen3:0.6b", "destination": "q2"}'))]
+    delete = [f async for f in service.proxy(request_frame("DELETE", "/api/delete", [], b'{"model": "q2"}'))]
+    assert copy[0]["status"] == delete[0]["status"] == 200 and commits == []
+    release.set()
+    await asyncio.wait_for(service.settle(), 5)
+    assert commits == [1, 1]  # the first, then one for the two changes made while it ran
+    await service.relay.aclose()
+
+
+async def test_a_failed_commit_is_logged_and_breaks_no_stream(standin, caplog):
+    url, _ = standin
+
+    def failing_commit():
+        raise RuntimeError("reload failed: a model file is open")
+
+    service = OllamaService(url, (), commit=failing_commit, server=AlreadyRunning())
+    frames = [f async for f in service.proxy(request_frame("POST", "/api/pull", [], b'{"model": "qwen3:0.6b"}'))]
+    await service.settle()
+    assert frames[0]["status"] == 200 and b'"success"' in frames[-1]
+    assert "volume commit (after an API store change) failed: RuntimeError" in caplog.text
+    assert "Modal commits again when the container exits" in caplog.text
+    await service.relay.aclose()
+
+
+async def test_a_failed_commit_at_start_is_logged_and_the_container_still_serves(standin, caplog):
+    url, _ = standin
+    caplog.set_level(logging.INFO)
+
+    def failing_commit():
+        raise RuntimeError("commit failed")
+
+    service = OllamaService(url, ("qwen3:0.6b",), commit=failing_commit, server=AlreadyRunning())
+    await asyncio.to_thread(service.start)
+    assert "volume commit (qwen3:0.6b) failed" in caplog.text and "model qwen3:0.6b loaded in" in caplog.text
