@@ -19,6 +19,7 @@ import asyncio
 from aiohttp import web
 
 import proxy.app
+import proxy.server
 from backend.wire import request_frame
 from proxy.forward import ClientBody
 from proxy.headers import client_response_headers, upstream_request_headers
@@ -52,19 +53,17 @@ def bare_app(backend, settings, loopback_only=False, **_ignored):
     return app
 
 
-def serve_low_level(app, host, port, print=None, backlog=128, loop=None, **_ignored):
+def serve_low_level(app, host, port, on_ready):
     async def main():
         runner = web.ServerRunner(web.Server(relay, handler_cancellation=True, access_log=None))
         await runner.setup()
-        await web.TCPSite(runner, host, port, backlog=backlog).start()
-        if print is not None:
-            print("")  # python -m proxy's banner: it also settles the heap (gc.freeze, thresholds)
+        await web.TCPSite(runner, host, port, backlog=proxy.server.LISTEN_BACKLOG).start()
+        on_ready()  # python -m proxy's banner: it also settles the heap (gc.freeze, thresholds)
         await asyncio.Event().wait()
 
-    asyncio.set_event_loop(loop)
-    loop.run_until_complete(main())
+    proxy.server.new_event_loop().run_until_complete(main())
 
 
 proxy.app.create_app = bare_app  # `python -m proxy` imports create_app when it starts
 if globals().get("FLOOR") == "server":
-    web.run_app = serve_low_level
+    proxy.server.run_forever = serve_low_level  # `python -m proxy` serves the app with it

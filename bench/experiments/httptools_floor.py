@@ -19,6 +19,7 @@ import httptools
 from aiohttp import web
 
 import proxy.app
+import proxy.server
 from backend.wire import request_frame
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.paths import upstream_path
@@ -114,19 +115,17 @@ class Connection(asyncio.Protocol):
 
 def bare_app(backend, settings, loopback_only=False, **_ignored):
     _backend.append(backend)
-    return web.Application()  # never served: serve() below replaces run_app
+    return web.Application()  # never served: serve() below replaces run_forever
 
 
-def serve(app, host, port, print=None, backlog=128, loop=None, **_ignored):
+def serve(app, host, port, on_ready):
     async def main():
-        await asyncio.get_running_loop().create_server(Connection, host, port, backlog=backlog)
-        if print is not None:
-            print("")  # python -m proxy's banner: it also settles the heap (gc.freeze, thresholds)
+        await asyncio.get_running_loop().create_server(Connection, host, port, backlog=proxy.server.LISTEN_BACKLOG)
+        on_ready()  # python -m proxy's banner: it also settles the heap (gc.freeze, thresholds)
         await asyncio.Event().wait()
 
-    asyncio.set_event_loop(loop)
-    loop.run_until_complete(main())
+    proxy.server.new_event_loop().run_until_complete(main())
 
 
 proxy.app.create_app = bare_app  # `python -m proxy` imports create_app when it starts
-web.run_app = serve
+proxy.server.run_forever = serve  # `python -m proxy` serves the app with it
