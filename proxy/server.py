@@ -137,11 +137,11 @@ def run_forever(app: web.Application, host: str, port: int, on_ready: Callable[[
     (the app's on_cleanup hooks run: they stop an Ollama we started)."""
 
     async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         runner, _ = await start_site(app, host, port)
         try:
             on_ready()
-            stop = asyncio.Event()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
             await stop.wait()
         finally:
             await runner.cleanup()

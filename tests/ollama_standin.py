@@ -60,12 +60,28 @@ class StandinState:
 STATE_KEY = web.AppKey("state", StandinState)
 
 
+def _go_json(obj) -> bytes:
+    """Go's encoding/json: compact, UTF-8, with <, > and & escaped."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def _gin_json(obj, status: int = 200) -> web.Response:
+    """gin's c.JSON, as Ollama's native handlers answer: no trailing newline."""
+    return web.Response(status=status, body=_go_json(obj), headers={"Content-Type": "application/json; charset=utf-8"})
+
+
+def _openai_json(obj, status: int = 200) -> web.Response:
+    """Ollama's OpenAI writers: json.NewEncoder (a trailing newline), no charset."""
+    return web.Response(status=status, body=_go_json(obj) + b"\n", headers={"Content-Type": "application/json"})
+
+
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    return _gin_json({"error": message}, status=status)
 
 
 def _openai_error(status: int, message: str, kind: str) -> web.Response:
-    return web.json_response({"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status)
+    return _openai_json({"error": {"message": message, "type": kind, "param": None, "code": None}}, status=status)
 
 
 def _origin_allowed(origin: str) -> bool:
@@ -110,11 +126,25 @@ def _model_of(body: dict) -> str:
 
 
 def _canonical(name: str) -> str:
+    """Ollama's name rules, simply: the default host and `library/` namespace are optional,
+    the tag defaults to `latest`, and case does not matter."""
+    name = name.lower().removeprefix("registry.ollama.ai/").removeprefix("library/")
     return name if ":" in name.rsplit("/", 1)[-1] else name + ":latest"
 
 
+def _find(state: StandinState, model: str) -> str | None:
+    """The stored name `model` refers to, if any."""
+    wanted = _canonical(model)
+    return next((m for m in state.models if _canonical(m) == wanted), None)
+
+
 def _known(state: StandinState, model: str) -> bool:
-    return _canonical(model) in state.models
+    return _find(state, model) is not None
+
+
+def _namespace(name: str) -> str:
+    parts = name.rsplit(":", 1)[0].split("/")
+    return parts[-2] if len(parts) >= 2 else "library"
 
 
 def _model_entry(name: str) -> dict:
@@ -232,7 +262,7 @@ async def pull(request: web.Request) -> web.StreamResponse:
             state.models.append(_canonical(model))
     if body.get("stream") is False:
         last = lines[-1]
-        return web.json_response(last, status=500 if "error" in last else 200)
+        return _gin_json(last, status=500 if "error" in last else 200)
     return await _stream_lines(request, lines, "application/x-ndjson")
 
 
@@ -246,7 +276,7 @@ async def delete(request: web.Request) -> web.Response:
         return _error(400, "model is required")
     if not _known(state, model):
         return _error(404, f"model '{model}' not found")
-    state.models.remove(_canonical(model))
+    state.models.remove(_find(state, model))
     return web.Response(status=200)
 
 
@@ -269,9 +299,10 @@ async def show(request: web.Request) -> web.Response:
     model = _model_of(body)
     if not _known(state, model):
         return _error(404, f"model '{model}' not found")
-    entry = _model_entry(_canonical(model))
-    return web.json_response(
+    entry = _model_entry(_find(state, model))
+    return _gin_json(
         {
+            "license": "LLAMA 3.2 COMMUNITY LICENSE <terms> & conditions",
             "modelfile": f"FROM {model}",
             "parameters": "stop <|eot_id|>",
             "template": "{{ .Prompt }}",
@@ -295,21 +326,21 @@ async def embed(request: web.Request) -> web.Response:
     inputs = inputs if isinstance(inputs, list) else [inputs]
     vectors = [[round(len(text) / 10, 3), 0.5, -0.25] for text in inputs]
     if request.path == "/api/embeddings":
-        return web.json_response({"embedding": vectors[0]})
-    return web.json_response({"model": model, "embeddings": vectors, "total_duration": 1000, "load_duration": 10, "prompt_eval_count": 3})
+        return _gin_json({"embedding": vectors[0]})
+    return _gin_json({"model": model, "embeddings": vectors, "total_duration": 1000, "load_duration": 10, "prompt_eval_count": 3})
 
 
 async def tags(request: web.Request) -> web.Response:
-    return web.json_response({"models": [_model_entry(m) for m in request.app[STATE_KEY].models]})
+    return _gin_json({"models": [_model_entry(m) for m in request.app[STATE_KEY].models]})
 
 
 async def ps(request: web.Request) -> web.Response:
     models = [{**_model_entry(m), "expires_at": "2026-11-27T11:00:00Z", "size_vram": 2019393189} for m in request.app[STATE_KEY].models[:1]]
-    return web.json_response({"models": models})
+    return _gin_json({"models": models})
 
 
 async def version(request: web.Request) -> web.Response:
-    return web.json_response({"version": VERSION})
+    return _gin_json({"version": VERSION})
 
 
 async def root(request: web.Request) -> web.Response:
@@ -329,7 +360,7 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
     usage = {"prompt_tokens": 12, "completion_tokens": len(parts), "total_tokens": 12 + len(parts)}
     if not body.get("stream"):
         message = {"role": "assistant", "content": "".join(parts)}
-        return web.json_response(
+        return _openai_json(
             {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}
         )
 
@@ -353,22 +384,24 @@ async def openai_embeddings(request: web.Request) -> web.Response:
     inputs = body.get("input", "")
     inputs = inputs if isinstance(inputs, list) else [inputs]
     data = [{"object": "embedding", "embedding": [round(len(t) / 10, 3), 0.5, -0.25], "index": i} for i, t in enumerate(inputs)]
-    return web.json_response({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 3, "total_tokens": 3}})
+    return _openai_json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 3, "total_tokens": 3}})
 
 
 def _openai_model(name: str) -> dict:
-    return {"id": name, "object": "model", "created": 1761991200, "owned_by": "library"}
+    # Ollama: created is the manifest's mtime, owned_by the namespace of the name as asked.
+    return {"id": name, "object": "model", "created": 1761991200, "owned_by": _namespace(name)}
 
 
 async def openai_models(request: web.Request) -> web.Response:
-    return web.json_response({"object": "list", "data": [_openai_model(m) for m in request.app[STATE_KEY].models]})
+    data = [_openai_model(m) for m in request.app[STATE_KEY].models] or None  # Go: a nil slice is null
+    return _openai_json({"object": "list", "data": data})
 
 
 async def openai_model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
     if not _known(request.app[STATE_KEY], name):
         return _openai_error(404, f"model '{name}' not found", "not_found_error")
-    return web.json_response(_openai_model(name))
+    return _openai_json(_openai_model(name))
 
 
 def create_standin(state: StandinState | None = None) -> web.Application:
@@ -378,7 +411,7 @@ def create_standin(state: StandinState | None = None) -> web.Application:
     r.add_get("/", root)
     r.add_get("/api/version", version)
     r.add_get("/api/tags", tags)
-    r.add_get("/api/ps", ps)
+    r.add_get("/api/ps", ps, allow_head=False)  # gin maps HEAD only where Ollama registers it
     r.add_post("/api/show", show)
     r.add_post("/api/generate", generate_or_chat)
     r.add_post("/api/chat", generate_or_chat)
@@ -389,8 +422,8 @@ def create_standin(state: StandinState | None = None) -> web.Application:
     r.add_delete("/api/delete", delete)
     r.add_post("/v1/chat/completions", openai_chat)
     r.add_post("/v1/embeddings", openai_embeddings)
-    r.add_get("/v1/models", openai_models)
-    r.add_get("/v1/models/{model:.+}", openai_model)
+    r.add_get("/v1/models", openai_models, allow_head=False)
+    r.add_get("/v1/models/{model}", openai_model, allow_head=False)  # gin's :model is one segment
     return app
 
 
