@@ -50,6 +50,11 @@ models_volume = modal.Volume.from_name(settings.models_volume, create_if_missing
 # Stop signals from the gateway when a client leaves mid-stream (see backend/cancel.py).
 stop_queue = modal.Queue.from_name(f"{APP_NAME}-stops", create_if_missing=True)
 
+# What Ollama answered about the model store, written by the backend, read by the gateway,
+# which answers tags, show, version and model lists from it without waking a GPU
+# (see backend/catalog.py for why a Dict).
+catalog_dict = modal.Dict.from_name(f"{APP_NAME}-catalog", create_if_missing=True)
+
 # Inside the GPU container Ollama listens on loopback only; the relay is its one client.
 BACKEND_OLLAMA_URL = "http://127.0.0.1:11434"
 
@@ -69,6 +74,7 @@ BACKEND_OLLAMA_URL = "http://127.0.0.1:11434"
 class OllamaBackend:
     @modal.enter()
     def start(self) -> None:
+        from backend.catalog import DictCatalog
         from backend.ollama_server import OllamaServer
         from backend.service import OllamaService
 
@@ -81,7 +87,9 @@ class OllamaBackend:
                 "OLLAMA_KEEP_ALIVE": "-1",  # stay loaded; Modal's scaledown decides when to stop
             },
         )
-        self.service = OllamaService(BACKEND_OLLAMA_URL, settings.ollama_model_list, commit=models_volume.commit, server=server)
+        self.service = OllamaService(
+            BACKEND_OLLAMA_URL, settings.ollama_model_list, commit=models_volume.commit, server=server, catalog=DictCatalog(catalog_dict)
+        )
         self.service.start()
 
     @modal.method()
@@ -122,16 +130,21 @@ else:
 )
 def gateway() -> None:
     from backend.cancel import QueueStopSignals
+    from backend.catalog import DictCatalog
     from proxy.app import create_app
+    from proxy.catalog import ModalCatalogSource
     from proxy.server import serve_in_thread
     from proxy.transport import RemoteBackend
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    backend = RemoteBackend(OllamaBackend().proxy.remote_gen.aio, QueueStopSignals(stop_queue))
+    method = OllamaBackend().proxy
+    backend = RemoteBackend(method.remote_gen.aio, QueueStopSignals(stop_queue))
+    # Metadata from the catalog; /api/ps from the method's stats (no input, no container).
+    catalog = ModalCatalogSource(DictCatalog(catalog_dict), method)
     # A thread of this process, not a subprocess, so the server can call OllamaBackend.
     first_byte_timeout = min(settings.ollama_timeout, MODAL_WEB_FIRST_BYTE_LIMIT)
     serve_in_thread(
-        lambda: create_app(backend, settings, backend_kind="modal", first_byte_timeout=first_byte_timeout),
+        lambda: create_app(backend, settings, backend_kind="modal", first_byte_timeout=first_byte_timeout, catalog=catalog),
         "0.0.0.0",
         settings.gateway_port,
     )

@@ -59,6 +59,8 @@ class UpstreamResponse:
     unfinished one closes it, which is how Ollama learns to stop generating.
     """
 
+    served_by = "backend"
+
     def __init__(self, relay: OllamaRelay, connection: Http1Connection, status: int, headers: Headers) -> None:
         self.status = status
         self.headers = headers

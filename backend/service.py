@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 
+from backend import catalog as catalogs
 from backend import ollama_server
 from backend.cancel import StopSignals, until_stopped
 from backend.relay import OllamaRelay
@@ -36,10 +38,13 @@ class OllamaService:
         commit: Callable[[], None],
         server: ollama_server.OllamaServer | None = None,
         ready_timeout: float = 120.0,
+        catalog: catalogs.DictCatalog | None = None,
     ) -> None:
         self.base_url = base_url
         self.models = models
         self.commit = commit  # persists the model store (Modal: volume.commit)
+        self.catalog = catalog  # what the gateway answers metadata from (None: it forwards all)
+        self._catalog_lock = threading.Lock()  # one build at a time, so the last written is the newest
         self.server = server or ollama_server.OllamaServer(base_url)
         self.ready_timeout = ready_timeout
         self.relay = OllamaRelay(base_url)
@@ -54,6 +59,7 @@ class OllamaService:
         pulled, failed = ollama_server.pull_missing(self.base_url, self.models)
         if pulled:
             self._commit(", ".join(pulled))
+        self.refresh_catalog("start-up")  # before the preload: metadata needs no loaded model
         available = [m for m in self.models if m not in failed]
         if available:
             try:
@@ -75,14 +81,32 @@ class OllamaService:
             stop = asyncio.ensure_future(stops.wait(request_id))
             frames = until_stopped(frames, stop)
         status = 0
+        # A store change holds back its last frame until the catalog is rewritten: a
+        # client that sees its pull or delete complete then lists the new store.
+        hold_last = self.catalog is not None and writes_model_store(request["method"], request["path"])
+        held: Frame | None = None
         async with contextlib.aclosing(frames):
             async for frame in frames:
                 if isinstance(frame, dict):
                     status = frame["status"]
+                if hold_last:
+                    frame, held = held, frame
+                    if frame is None:
+                        continue
                 yield frame
         stopped = stop is not None and stop.done() and not stop.cancelled()
         if not stopped and changes_model_store(request["method"], request["path"], status):
+            if self.catalog is not None:
+                await asyncio.to_thread(self.refresh_catalog, f"after {request['method']} {request['path'].partition('?')[0]}")
             self.store_changed()
+        if held is not None:
+            yield held
+
+    def refresh_catalog(self, reason: str) -> None:
+        """Rewrite the catalog from this Ollama (blocking: start-up hook or worker thread)."""
+        if self.catalog is not None:
+            with self._catalog_lock:
+                catalogs.refresh(self.base_url, self.catalog, reason)
 
     def store_changed(self) -> None:
         """Commit the volume in the background, never inside a response.

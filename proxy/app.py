@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from backend.routes import allowed_when_read_only
 from config import APP_NAME, Settings
 from proxy.auth import is_loopback_host, key_is_valid, origin_may_call, presented_key
+from proxy.catalog import CatalogBackend, CatalogSource
 from proxy.errors import error_response
 from proxy.forward import EXCHANGE, Forwarder, forwarded_path
 from proxy.observe import Exchange, Metrics, path_family
@@ -174,7 +175,7 @@ async def vary_on_origin(request: web.Request, response: web.StreamResponse) -> 
         response.headers.add(hdrs.VARY, hdrs.ORIGIN)
 
 
-def health_report(settings: Settings, backend_kind: str, local: dict | None = None) -> dict:
+def health_report(settings: Settings, backend_kind: str, local: dict | None = None, answered_here: tuple[str, ...] = ()) -> dict:
     """The gateway's version and its non-secret configuration. In local mode (`local`:
     the Ollama it talks to) the Modal GPU and model list mean nothing, so they are left out."""
     backend = local if local is not None else {
@@ -187,6 +188,7 @@ def health_report(settings: Settings, backend_kind: str, local: dict | None = No
         "service": APP_NAME,
         "version": __version__,
         "backend": backend_kind,
+        "answered_by_gateway": list(answered_here),  # without waking the backend
         "config": {
             **backend,
             "auth": bool(settings.gateway_api_keys),
@@ -207,19 +209,22 @@ def create_app(
     first_byte_timeout: float | None = None,
     loopback_only: bool = False,
     local: dict | None = None,
+    catalog: CatalogSource | None = None,
 ) -> web.Application:
     """The gateway: `/health` here, everything under `/ollama` through `backend`.
 
     `first_byte_timeout` defaults to OLLAMA_TIMEOUT; `loopback_only` refuses any Host
     but a loopback one (local mode bound to loopback, as Ollama itself does); `local`
-    describes the local Ollama for /health.
+    describes the local Ollama for /health; with a `catalog` (on Modal) the gateway
+    answers metadata itself (proxy.catalog), without one it forwards everything.
     """
     metrics = Metrics()
     app = web.Application(client_max_size=settings.gateway_max_body_mb * 1024 * 1024)
+    backend = CatalogBackend(backend, catalog)
     app[BACKEND_KEY] = backend
     app[METRICS_KEY] = metrics
     forward = Forwarder(backend, first_byte_timeout or settings.ollama_timeout, settings.gateway_body_timeout_s).handle
-    health_body = health_report(settings, backend_kind, local)
+    health_body = health_report(settings, backend_kind, local, backend.answered_here)
 
     async def health(request: web.Request) -> web.Response:
         # Answered here, never by the backend: a health check must not wake a GPU.

@@ -169,6 +169,7 @@ class Forwarder:
     async def _relay(self, request: web.Request, upstream: BackendResponse, exchange: Exchange) -> web.StreamResponse:
         exchange.first_byte = time.perf_counter()
         exchange.status = upstream.status
+        exchange.served_by = upstream.served_by
         response = web.StreamResponse(status=upstream.status)
         for name, value in client_response_headers(upstream.headers):
             response.headers.add(name, value)

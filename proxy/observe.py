@@ -84,6 +84,7 @@ class Exchange:
     bytes_out: int = 0
     client_left: bool = False
     error: str | None = None  # the gateway's own error kind, if any
+    served_by: str = "gateway"  # "backend" once Ollama's answer is relayed
 
     def log_fields(self, now: float) -> dict:
         ttfb = None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1)
@@ -96,6 +97,7 @@ class Exchange:
             "duration_ms": round((now - self.started) * 1000, 1),
             "bytes_out": self.bytes_out,
             "client_left": self.client_left,
+            "served_by": self.served_by,
         }
         if self.error:
             fields["error"] = self.error
@@ -108,7 +110,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("garden_requests", "Requests forwarded to Ollama", ["method", "family", "status"], registry=r)
+        self.requests = Counter(
+            "garden_requests", "Requests under /ollama, by who answered them", ["method", "family", "status", "served_by"], registry=r
+        )
         self.in_flight = Gauge("garden_streams_in_flight", "Responses being relayed right now", registry=r)
         self.ttfb = Histogram(
             "garden_time_to_first_byte_seconds",
@@ -133,7 +137,7 @@ class Metrics:
         now = time.perf_counter()
         family = exchange.family
         method = exchange.method if exchange.method in _METHODS else "other"  # any token is a method
-        self.requests.labels(method, family, str(exchange.status)).inc()
+        self.requests.labels(method, family, str(exchange.status), exchange.served_by).inc()
         if exchange.first_byte is not None:
             self.ttfb.labels(family).observe(exchange.first_byte - exchange.started)
         self.duration.labels(family).observe(now - exchange.started)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class BackendResponse(Protocol):
     status: int
     headers: Headers
+    served_by: str  # "backend" (Ollama answered) or "gateway" (proxy.catalog answered)
 
     async def send_body(self, sink: BodySink) -> None:
         """Write body chunks to `sink` as they arrive; return at the end. Raises `UpstreamBroken`."""
@@ -105,6 +106,8 @@ class RemoteBackend:
 
 class RemoteResponse:
     """A response whose body frames come from a remote generator."""
+
+    served_by = "backend"
 
     def __init__(self, backend: RemoteBackend, request_id: str, status: int, headers: Headers, frames: AsyncIterator[Frame]) -> None:
         self.status = status

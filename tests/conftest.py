@@ -10,11 +10,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from backend.cancel import LocalStopSignals
+from backend.catalog import DictCatalog
 from backend.relay import OllamaRelay
+from backend.service import OllamaService
 from config import Settings
 from proxy.app import create_app
 from proxy.server import start_site
-from proxy.transport import Backend, InProcessBackend
+from proxy.catalog import ModalCatalogSource
+from proxy.transport import Backend, InProcessBackend, RemoteBackend
+from tests.fake_modal import FakeBackendMethod, FakeModalDict
+from tests.fake_ollama import AlreadyRunning
 from tests.ollama_standin import StandinState, create_standin
 
 
@@ -62,8 +68,17 @@ async def start_gateway(settings: Settings) -> AsyncIterator[Callable]:
     stopped at teardown."""
     started: list[Served] = []
 
-    async def start(backend: Backend, first_byte_timeout: float | None = None, loopback_only: bool = False, **overrides) -> str:
-        app = create_app(backend, dataclasses.replace(settings, **overrides), first_byte_timeout=first_byte_timeout, loopback_only=loopback_only)
+    async def start(
+        backend: Backend, first_byte_timeout: float | None = None, loopback_only: bool = False, backend_kind: str = "local", catalog=None, **overrides
+    ) -> str:
+        app = create_app(
+            backend,
+            dataclasses.replace(settings, **overrides),
+            backend_kind=backend_kind,
+            first_byte_timeout=first_byte_timeout,
+            loopback_only=loopback_only,
+            catalog=catalog,
+        )
         served = await serve_gateway(app)
         started.append(served)
         return served.url
@@ -78,6 +93,39 @@ async def gateway(standin, start_gateway) -> str:
     """URL of a gateway whose in-process backend relays to the stand-in."""
     url, _ = standin
     return await start_gateway(InProcessBackend(OllamaRelay(url)))
+
+
+@dataclasses.dataclass
+class ModalGarden:
+    """The deployed shape, in process: a gateway on the Modal-like transport, the backend
+    service behind `method` (its `remote_gen` and `get_current_stats`), the catalog Dict."""
+
+    url: str
+    state: StandinState
+    service: OllamaService
+    method: FakeBackendMethod
+    catalog: FakeModalDict
+    stops: LocalStopSignals
+
+    async def start_backend(self) -> None:
+        """The GPU container's start-up hook (pulls, catalog, preload)."""
+        await asyncio.to_thread(self.service.start)
+
+
+@pytest.fixture
+async def modal_garden(standin, start_gateway) -> AsyncIterator[ModalGarden]:
+    """A garden shaped as on Modal, before its first backend start (no catalog yet)."""
+    url, state = standin
+    catalog = FakeModalDict()
+    service = OllamaService(url, ("llama3.2",), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(catalog))
+    stops = LocalStopSignals()
+    method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops))
+    gateway = await start_gateway(
+        RemoteBackend(method.remote_gen.aio, stops), backend_kind="modal", catalog=ModalCatalogSource(DictCatalog(catalog), method)
+    )
+    yield ModalGarden(gateway, state, service, method, catalog, stops)
+    await service.settle()
+    await service.relay.aclose()
 
 
 @pytest.fixture

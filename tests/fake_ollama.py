@@ -39,3 +39,19 @@ def env_with_path(bin_dir: Path | None, **extra: str) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
+
+
+class AlreadyRunning:
+    """Stands for `ollama serve` when the stand-in is already listening."""
+
+    def __init__(self) -> None:
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def wait_ready(self, timeout: float) -> float:
+        return 0.01
+
+    def stop(self) -> None:
+        self.stopped = True

@@ -299,11 +299,12 @@ async def show(request: web.Request) -> web.Response:
     model = _model_of(body)
     if not _known(state, model):
         return _error(404, f"model '{model}' not found")
-    entry = _model_entry(_find(state, model))
+    name = _find(state, model)
+    entry = _model_entry(name)
     return _gin_json(
         {
             "license": "LLAMA 3.2 COMMUNITY LICENSE <terms> & conditions",
-            "modelfile": f"FROM {model}",
+            "modelfile": f"FROM {name}",  # Ollama names the model as stored, however it was asked for
             "parameters": "stop <|eot_id|>",
             "template": "{{ .Prompt }}",
             "details": entry["details"],

@@ -335,6 +335,8 @@ class SplitChunks:
 
 
 class SplitResponse:
+    served_by = "backend"
+
     def __init__(self, inner) -> None:
         self.inner = inner
         self.status, self.headers = inner.status, inner.headers

@@ -14,40 +14,9 @@ from backend.cancel import LocalStopSignals, until_stopped
 from backend.relay import OllamaRelay
 from backend.service import OllamaService
 from proxy.transport import InProcessBackend, RemoteBackend
+from tests.fake_modal import FakeModalQueue, detached_call
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "tell me a long story"}], "options": {"num_predict": 400}}
-
-
-def detached_call(produce):
-    """Like Modal's `remote_gen`: the producer runs on its own, and when the consumer
-    stops reading, nothing tells the producer (modal-client sends no cancel)."""
-    producers: list[asyncio.Task] = []
-
-    def call(request):
-        async def consume():
-            frames: asyncio.Queue = asyncio.Queue()
-
-            async def pump():
-                try:
-                    async for frame in produce(request):
-                        await frames.put(("frame", frame))
-                    await frames.put(("end", None))
-                except Exception as exc:  # noqa: BLE001
-                    await frames.put(("error", exc))
-
-            producers.append(asyncio.ensure_future(pump()))
-            while True:
-                kind, value = await frames.get()
-                if kind == "end":
-                    return
-                if kind == "error":
-                    raise value
-                yield value
-
-        return consume()
-
-    call.producers = producers
-    return call
 
 
 async def leave_mid_stream(url: str, lines: int = 2) -> float:
@@ -186,37 +155,6 @@ async def test_200_aborted_streams_leave_no_task_connection_or_fd(standin, start
     relay = OllamaRelay(url)
     gateway = await start_gateway(InProcessBackend(relay))
     await abort_200_streams_and_check_nothing_is_left(gateway, state, relay)
-
-
-class FakeModalQueue:
-    """The slice of `modal.Queue` that QueueStopSignals uses: `.put.aio` / `.get.aio`
-    with partitions, and `queue.Empty` on a get that times out."""
-
-    def __init__(self) -> None:
-        self.partitions: dict[str, asyncio.Queue] = {}
-        self.puts: list[tuple[str, int]] = []
-        self.gets = 0
-        outer = self
-
-        class Put:
-            async def aio(self, value, *, partition, partition_ttl):
-                outer.puts.append((partition, partition_ttl))
-                outer._partition(partition).put_nowait(value)
-
-        class Get:
-            async def aio(self, *, partition, timeout):
-                outer.gets += 1
-                try:
-                    return await asyncio.wait_for(outer._partition(partition).get(), min(timeout, 0.05))
-                except TimeoutError:
-                    import queue
-
-                    raise queue.Empty from None
-
-        self.put, self.get = Put(), Get()
-
-    def _partition(self, name: str) -> asyncio.Queue:
-        return self.partitions.setdefault(name, asyncio.Queue())
 
 
 async def test_queue_stop_signals_use_one_partition_per_request_and_keep_waiting():

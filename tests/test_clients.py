@@ -54,7 +54,7 @@ async def test_ollama_list_show_embed(ollama_client):
     listed = await ollama_client.list()
     assert [m.model for m in listed.models] == ["llama3.2:latest", "glm-4.7-flash:q8_0"]
     shown = await ollama_client.show("llama3.2")
-    assert shown.modelfile == "FROM llama3.2" and shown.details.family == "llama"
+    assert shown.modelfile == "FROM llama3.2:latest" and shown.details.family == "llama"
     embedded = await ollama_client.embed(model="llama3.2", input=["a", "abc"])
     assert embedded.embeddings == [[0.1, 0.5, -0.25], [0.3, 0.5, -0.25]]
 

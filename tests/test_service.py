@@ -10,22 +10,7 @@ import pytest
 
 from backend.service import OllamaService, changes_model_store
 from backend.wire import request_frame
-
-
-class AlreadyRunning:
-    """Stands for `ollama serve` when the stand-in is already listening."""
-
-    def __init__(self) -> None:
-        self.started = self.stopped = False
-
-    def start(self) -> None:
-        self.started = True
-
-    def wait_ready(self, timeout: float) -> float:
-        return 0.01
-
-    def stop(self) -> None:
-        self.stopped = True
+from tests.fake_ollama import AlreadyRunning
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,238 @@
+"""Metadata answered by the gateway itself, so that chat UIs polling it never wake a GPU.
+
+`CatalogBackend` is a `Backend` in front of the real one: it answers `GET`/`HEAD /`,
+`/api/version`, `/api/tags`, `POST /api/show` and `GET /v1/models[/<model>]` from the
+catalog the backend wrote (`backend.catalog`), `GET /api/ps` from Modal's count of
+running containers, and forwards everything else. Its answers go through the same
+forwarder as any response: keys, read-only mode, CORS, metrics and the access log treat
+them alike, marked `served_by: gateway`.
+
+Whenever it cannot be sure (no catalog, a request it does not fully understand, a
+failing lookup) it forwards: a wrong answer would be worse than a GPU start. With no
+`CatalogSource` (local mode, where Ollama is already running) it forwards everything.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from backend.http1 import BodySink
+from backend.names import parse_name
+from backend.routes import route_of, writes_model_store
+from backend.wire import Headers, RequestFrame
+from proxy.transport import Backend, BackendResponse
+
+log = logging.getLogger(__name__)
+
+# What the gateway answers itself when it has a catalog (for /health and the README).
+ANSWERED_HERE = (
+    "GET /", "HEAD /", "GET /api/version", "HEAD /api/version", "GET /api/tags", "HEAD /api/tags",
+    "POST /api/show", "GET /v1/models", "GET /v1/models/{model}", "GET /api/ps (while no GPU container runs)",
+)  # fmt: skip
+
+GIN_JSON = "application/json; charset=utf-8"  # Ollama's native handlers (gin's c.JSON)
+OPENAI_JSON = "application/json"  # Ollama's OpenAI writers (json.NewEncoder: a trailing newline)
+NO_MODELS_RUNNING = b'{"models":[]}'
+MAX_SHOW_BODY = 64 * 1024
+SHOW_FIELDS = frozenset({"model", "name", "verbose"})  # others (system, template, options) change the answer
+
+
+class CatalogSource(Protocol):
+    async def read(self) -> dict[str, Any] | None:
+        """The catalog, or None if there is none (or it cannot be read)."""
+        ...
+
+    async def backend_running(self) -> bool:
+        """True if a backend container is up (or it cannot be told): then /api/ps is forwarded."""
+        ...
+
+
+class StoredResponse:
+    """An answer the gateway has in hand: status, headers and the whole (small) body."""
+
+    served_by = "gateway"
+
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        self.status = status
+        self.headers: Headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        self.body = body
+
+    async def send_body(self, sink: BodySink) -> None:
+        if not sink.write(self.body):
+            await sink.drain()
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _go_json(obj: Any) -> bytes:
+    """As Go's encoding/json writes it: compact, with <, > and & escaped."""
+    text = json.dumps(obj, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def _stored(entry: dict) -> StoredResponse:
+    return StoredResponse(entry["status"], entry["content_type"], entry["body"])
+
+
+def _show_request(body: bytes, user_agent: str) -> str | None:
+    """The model a plain `/api/show` asks about; None if anything else could change its answer."""
+    if len(body) > MAX_SHOW_BODY or user_agent.startswith("GitHubCopilotChat/"):  # Ollama echoes the name for Copilot
+        return None
+    try:
+        request = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(request, dict) or not set(request) <= SHOW_FIELDS or request.get("verbose"):
+        return None
+    model = request.get("model") or request.get("name")  # Ollama: `name` is the old spelling
+    return model if isinstance(model, str) else None
+
+
+def catalog_answer(catalog: dict[str, Any], method: str, route: str, body: bytes, user_agent: str = "") -> StoredResponse | None:
+    """Ollama's answer to this request according to `catalog`, or None to forward it. Pure."""
+    if method in ("GET", "HEAD"):
+        entry = {"/": "root", "/api/version": "version", "/api/tags": "tags"}.get(route)
+        if entry is not None:
+            return _stored(catalog[entry])
+    if method != "GET" and not (method == "POST" and route == "/api/show"):
+        return None
+    if route == "/v1/models":
+        return _stored(catalog["v1_models"])
+    if route == "/api/show":
+        asked = _show_request(body, user_agent)
+    elif route.startswith("/v1/models/") and "/" not in route[len("/v1/models/") :]:  # gin's :model is one segment
+        asked = route[len("/v1/models/") :]
+    else:
+        return None
+    name = parse_name(asked) if asked else None
+    if name is None or name.is_cloud:
+        return None  # Ollama's to judge (invalid names, cloud models)
+    model = catalog["models"].get(name.key)
+    if route == "/api/show":
+        if model is None:
+            return StoredResponse(404, GIN_JSON, _go_json({"error": f"model '{asked}' not found"}))
+        return _stored(model["show"])
+    if model is None:
+        error = {"message": f"model '{asked}' not found", "type": "not_found_error", "param": None, "code": None}
+        return StoredResponse(404, OPENAI_JSON, _go_json({"error": error}) + b"\n")
+    if model["created"] is None:
+        return None
+    # Ollama answers with the name as asked, and the namespace it names.
+    return StoredResponse(200, OPENAI_JSON, _go_json({"id": asked, "object": "model", "created": model["created"], "owned_by": name.namespace}) + b"\n")
+
+
+class CatalogBackend:
+    """A `Backend` that answers metadata from a `CatalogSource` and forwards the rest."""
+
+    CATALOG_TTL = 2.0  # seconds a catalog read is reused (bursts of /api/show)
+    RUNNING_TTL = 1.5  # seconds an answer about running containers is reused
+
+    def __init__(self, backend: Backend, source: CatalogSource | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.backend = backend
+        self.source = source
+        self.clock = clock
+        self._catalog: tuple[float, dict[str, Any]] | None = None
+        self._running: tuple[float, bool] | None = None
+
+    @property
+    def answered_here(self) -> tuple[str, ...]:
+        return ANSWERED_HERE if self.source is not None else ()
+
+    async def open(self, request: RequestFrame) -> BackendResponse:
+        if self.source is not None:
+            answer = await self._answer(request)
+            if answer is not None:
+                return answer
+        response = await self.backend.open(request)
+        if writes_model_store(request["method"], request["path"]):
+            self._catalog = None  # the backend rewrites the catalog before this completes
+            return _ForgetsWhenDone(response, self)
+        return response
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
+
+    async def _answer(self, request: RequestFrame) -> StoredResponse | None:
+        method, route = request["method"], route_of(request["path"])
+        if method == "GET" and route == "/api/ps":
+            return None if await self._backend_running() else StoredResponse(200, GIN_JSON, NO_MODELS_RUNNING)
+        catalog = await self._read_catalog()
+        if catalog is None:
+            return None
+        user_agent = next((value for name, value in request["headers"] if name.lower() == "user-agent"), "")
+        try:
+            return catalog_answer(catalog, method, route, request["body"], user_agent)
+        except (KeyError, TypeError, ValueError) as exc:  # a malformed catalog: forward, and say so
+            log.warning("catalog unusable (%s: %s): forwarding", type(exc).__name__, exc)
+            return None
+
+    async def _read_catalog(self) -> dict[str, Any] | None:
+        now = self.clock()
+        if self._catalog is not None and now - self._catalog[0] < self.CATALOG_TTL:
+            return self._catalog[1]
+        try:
+            catalog = await self.source.read()
+        except Exception as exc:  # noqa: BLE001 (unreadable means forward)
+            log.warning("could not read the catalog (%s: %s): forwarding", type(exc).__name__, exc)
+            return None
+        # Only a catalog is kept: without one the request is forwarded, and the backend it
+        # wakes writes one that the very next request must find.
+        self._catalog = (now, catalog) if catalog is not None else None
+        return catalog
+
+    async def _backend_running(self) -> bool:
+        now = self.clock()
+        if self._running is not None and now - self._running[0] < self.RUNNING_TTL:
+            return self._running[1]
+        try:
+            running = await self.source.backend_running()
+        except Exception as exc:  # noqa: BLE001 (unknown means forward)
+            log.warning("could not tell whether a backend runs (%s: %s): forwarding /api/ps", type(exc).__name__, exc)
+            running = True
+        self._running = (now, running)
+        return running
+
+    def forget_catalog(self) -> None:
+        self._catalog = None
+
+
+class _ForgetsWhenDone:
+    """A store change's response: once it is complete, the next read fetches the catalog
+    the backend has just rewritten (it holds the last frame back until then)."""
+
+    def __init__(self, response: BackendResponse, owner: CatalogBackend) -> None:
+        self._response = response
+        self._owner = owner
+        self.status = response.status
+        self.headers = response.headers
+        self.served_by = response.served_by
+
+    async def send_body(self, sink: BodySink) -> None:
+        try:
+            await self._response.send_body(sink)
+        finally:
+            self._owner.forget_catalog()
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+class ModalCatalogSource:
+    """The catalog in a `modal.Dict`; running containers from `get_current_stats()` of the
+    backend's method, which neither creates an input nor starts a container."""
+
+    def __init__(self, catalog: Any, method: Any) -> None:
+        self.catalog = catalog  # backend.catalog.DictCatalog
+        self.method = method  # OllamaBackend().proxy
+
+    async def read(self) -> dict[str, Any] | None:
+        return await self.catalog.read()
+
+    async def backend_running(self) -> bool:
+        stats = await self.method.get_current_stats.aio()
+        return stats.num_total_runners > 0

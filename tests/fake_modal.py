@@ -1,0 +1,169 @@
+"""Modal's objects as this project uses them, in process: the Modal-like seam of the tests.
+
+Faithful where the design depends on it (read from the installed modal 1.6 source):
+- `remote_gen.aio(request)`: each input runs as its own task in the "container"; only
+  pickled values cross (request in, frames out); the caller closing its iterator early
+  tells the producer nothing (modal-client sends no cancel).
+- `get_current_stats.aio()`: a control-plane read that creates no input and starts no
+  container; `num_total_runners` counts containers up, busy or idle.
+- `modal.Dict`: values are pickled; `get` returns the default for a missing key.
+- `modal.Queue`: partitions, and `queue.Empty` when a get times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import queue
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class _Method:
+    """A Modal live method: callable (blocking) and `.aio` (async)."""
+
+    def __init__(self, blocking: Callable[..., Any], aio: Callable[..., Any]) -> None:
+        self._blocking = blocking
+        self.aio = aio
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._blocking(*args, **kwargs)
+
+
+def _cross(value: Any) -> Any:
+    """What arrives on the other side of a Modal call."""
+    return pickle.loads(pickle.dumps(value))
+
+
+def detached_call(produce: Callable[[dict], AsyncIterator[Any]]) -> Callable[[dict], AsyncIterator[Any]]:
+    """Like Modal's `remote_gen.aio`: the producer runs on its own, and when the consumer
+    stops reading, nothing tells the producer."""
+    producers: list[asyncio.Task] = []
+
+    def call(request: dict) -> AsyncIterator[Any]:
+        async def consume() -> AsyncIterator[Any]:
+            frames: asyncio.Queue = asyncio.Queue()
+
+            async def pump() -> None:
+                try:
+                    async for frame in produce(_cross(request)):
+                        await frames.put(("frame", _cross(frame)))
+                    await frames.put(("end", None))
+                except Exception as exc:  # noqa: BLE001
+                    await frames.put(("error", exc))
+
+            producers.append(asyncio.ensure_future(pump()))
+            while True:
+                kind, value = await frames.get()
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+
+        return consume()
+
+    call.producers = producers  # type: ignore[attr-defined]
+    return call
+
+
+@dataclass(frozen=True)
+class FunctionCurrentStats:  # modal.functions.FunctionCurrentStats
+    backlog: int
+    num_total_runners: int
+    num_running_inputs: int
+    input_headroom: int
+
+
+class FakeBackendMethod:
+    """`OllamaBackend().proxy` as the gateway sees it. A container "starts" with the first
+    input and stays up (Modal keeps it for the scale-down window) until `scale_to_zero()`."""
+
+    def __init__(self, produce: Callable[[dict], AsyncIterator[Any]]) -> None:
+        self.calls: list[dict] = []
+        self.containers = 0
+        self.stats_reads = 0
+        self._call = detached_call(produce)
+        self.remote_gen = _Method(self._blocking, self._remote_gen)
+        self.get_current_stats = _Method(self._blocking, self._stats)
+
+    @property
+    def producers(self) -> list[asyncio.Task]:
+        return self._call.producers  # type: ignore[attr-defined]
+
+    def _blocking(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the gateway must use .aio: it runs on an event loop")
+
+    def _remote_gen(self, request: dict) -> AsyncIterator[Any]:
+        self.calls.append(request)
+        self.containers = max(self.containers, 1)
+        return self._call(request)
+
+    async def _stats(self) -> FunctionCurrentStats:
+        self.stats_reads += 1
+        running = sum(not p.done() for p in self.producers)
+        return FunctionCurrentStats(backlog=0, num_total_runners=self.containers, num_running_inputs=running, input_headroom=0)
+
+    def scale_to_zero(self) -> None:
+        self.containers = 0
+
+
+class FakeModalDict:
+    """`modal.Dict`: blocking calls and `.aio`, values pickled both ways."""
+
+    def __init__(self) -> None:
+        self.data: dict[Any, bytes] = {}
+        self.reads = 0
+        self.get = _Method(self._get, self._get_aio)
+        self.put = _Method(self._put, self._put_aio)
+        self.pop = _Method(self._pop, self._pop_aio)
+
+    def _get(self, key: Any, default: Any = None) -> Any:
+        self.reads += 1
+        return pickle.loads(self.data[key]) if key in self.data else default
+
+    async def _get_aio(self, key: Any, default: Any = None) -> Any:
+        return self._get(key, default)
+
+    def _put(self, key: Any, value: Any) -> bool:
+        self.data[key] = pickle.dumps(value)
+        return True
+
+    async def _put_aio(self, key: Any, value: Any) -> bool:
+        return self._put(key, value)
+
+    def _pop(self, key: Any, default: Any = None) -> Any:
+        return pickle.loads(self.data.pop(key)) if key in self.data else default
+
+    async def _pop_aio(self, key: Any, default: Any = None) -> Any:
+        return self._pop(key, default)
+
+
+class FakeModalQueue:
+    """The slice of `modal.Queue` that QueueStopSignals uses: `.put.aio` / `.get.aio`
+    with partitions, and `queue.Empty` on a get that times out."""
+
+    def __init__(self) -> None:
+        self.partitions: dict[str, asyncio.Queue] = {}
+        self.puts: list[tuple[str, int]] = []
+        self.gets = 0
+        self.put = _Method(self._blocking, self._put)
+        self.get = _Method(self._blocking, self._get)
+
+    def _blocking(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("stop signals use .aio")
+
+    async def _put(self, value: Any, *, partition: str, partition_ttl: int) -> None:
+        self.puts.append((partition, partition_ttl))
+        self._partition(partition).put_nowait(_cross(value))
+
+    async def _get(self, *, partition: str, timeout: float) -> Any:
+        self.gets += 1
+        try:
+            return await asyncio.wait_for(self._partition(partition).get(), min(timeout, 0.05))
+        except TimeoutError:
+            raise queue.Empty from None
+
+    def _partition(self, name: str) -> asyncio.Queue:
+        return self.partitions.setdefault(name, asyncio.Queue())
