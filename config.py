@@ -126,6 +126,7 @@ class Settings:
     gateway_startup_timeout: int = 30
     gateway_max_body_mb: int = 100
     gateway_body_timeout_s: int = 60  # longest time to receive a whole request body
+    gateway_early_head_s: int = 5  # a stream with no backend head by then gets the gateway's
     gateway_api_keys: tuple[str, ...] = field(default=(), repr=False)  # secret: never printed
     gateway_api_keys_secret: str = ""  # name of a Modal Secret holding GATEWAY_API_KEYS
     gateway_proxy_auth: bool = False
@@ -161,6 +162,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gateway_startup_timeout=_int(env, "GATEWAY_STARTUP_TIMEOUT", defaults.gateway_startup_timeout, 1, 600),
         gateway_max_body_mb=_int(env, "GATEWAY_MAX_BODY_MB", defaults.gateway_max_body_mb, 1, 10_000),
         gateway_body_timeout_s=_int(env, "GATEWAY_BODY_TIMEOUT_S", defaults.gateway_body_timeout_s, 1, 3600),
+        # Far below Modal's 150 s limit on a response's start, which the early head is for.
+        gateway_early_head_s=_int(env, "GATEWAY_EARLY_HEAD_S", defaults.gateway_early_head_s, 1, 60),
         gateway_api_keys=_list(env, "GATEWAY_API_KEYS", ""),
         gateway_api_keys_secret=env.get("GATEWAY_API_KEYS_SECRET", "").strip(),
         gateway_proxy_auth=_bool(env, "GATEWAY_PROXY_AUTH", defaults.gateway_proxy_auth),
@@ -175,7 +178,7 @@ FORWARDED_ENV = (
     "OLLAMA_GPU", "OLLAMA_VERSION", "OLLAMA_SCALEDOWN", "OLLAMA_TIMEOUT", "OLLAMA_MAX_INPUTS",
     "OLLAMA_MAX_CONTAINERS", "OLLAMA_STARTUP_TIMEOUT",
     "OLLAMA_MODEL_LIST", "GATEWAY_PORT", "GATEWAY_MIN_CONTAINERS", "GATEWAY_MAX_INPUTS",
-    "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_BODY_TIMEOUT_S", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
+    "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_BODY_TIMEOUT_S", "GATEWAY_EARLY_HEAD_S", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
     "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY",
 )  # fmt: skip
 

@@ -60,6 +60,7 @@ class UpstreamResponse:
     """
 
     served_by = "backend"
+    cold_start = False  # set by whoever knows (proxy.catalog asks Modal)
 
     def __init__(self, relay: OllamaRelay, connection: Http1Connection, status: int, headers: Headers) -> None:
         self.status = status

@@ -198,6 +198,7 @@ def health_report(settings: Settings, backend_kind: str, local: dict | None = No
             "timeout_s": settings.ollama_timeout,
             "max_body_mb": settings.gateway_max_body_mb,
             "body_timeout_s": settings.gateway_body_timeout_s,
+            "early_head_s": settings.gateway_early_head_s,
         },
     }
 
@@ -223,7 +224,13 @@ def create_app(
     backend = CatalogBackend(backend, catalog)
     app[BACKEND_KEY] = backend
     app[METRICS_KEY] = metrics
-    forward = Forwarder(backend, first_byte_timeout or settings.ollama_timeout, settings.gateway_body_timeout_s).handle
+    forward = Forwarder(
+        backend,
+        first_byte_timeout or settings.ollama_timeout,
+        settings.gateway_body_timeout_s,
+        early_head_s=settings.gateway_early_head_s,
+        stream_timeout=settings.ollama_timeout,  # a started stream is past Modal's 150 s limit
+    ).handle
     health_body = health_report(settings, backend_kind, local, backend.answered_here)
 
     async def health(request: web.Request) -> web.Response:

@@ -26,7 +26,18 @@ def error_response(status: int, message: str, family: str = "ollama", headers: d
     )
 
 
-def stream_error_tail(content_type: str, message: str, last_bytes: bytes) -> bytes:
+def keepalive_bytes(content_type: str) -> bytes:
+    """Bytes every reader of a stream of this type skips, sent while it waits.
+
+    SSE: a comment line (openai-python, openai-node and browsers' EventSource ignore
+    it). NDJSON: one space, never a newline: ollama-python and Ollama's Go client parse
+    every line, and an empty one fails them; leading spaces before the first line are
+    skipped by every JSON parser (ollama-python, ollama-js, `JSON.parse` in a browser).
+    """
+    return b": keep-alive\n\n" if content_type.split(";")[0].strip().lower() == "text/event-stream" else b" "
+
+
+def stream_error_tail(content_type: str, message: str, last_bytes: bytes, status: int = 502) -> bytes:
     """The last bytes to send when a stream breaks after its head went out.
 
     Mirrors Ollama: NDJSON ends with an `{"error": ...}` line, SSE with an error event.
@@ -42,5 +53,5 @@ def stream_error_tail(content_type: str, message: str, last_bytes: bytes) -> byt
             separator = b""
         else:
             separator = b"\n" if last_bytes.endswith(b"\n") else b"\n\n"
-        return separator + b"data: " + json.dumps(error_body(502, message, "openai")).encode() + b"\n\n"
+        return separator + b"data: " + json.dumps(error_body(status, message, "openai")).encode() + b"\n\n"
     return b""

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 
 from aiohttp import web
 from aiohttp.web import RequestPayloadError
 
-from backend.wire import BackendUnavailable, UpstreamBroken, request_frame
-from proxy.errors import error_response, stream_error_tail
+from backend.routes import route_of
+from backend.wire import BackendUnavailable, RequestFrame, UpstreamBroken, request_frame
+from proxy.bodies import body_facts, stream_content_type
+from proxy.errors import error_response, keepalive_bytes, stream_error_tail
 from proxy.headers import body_length, client_response_headers, upstream_request_headers
-from proxy.observe import Exchange, model_of
+from proxy.observe import Exchange
 from proxy.paths import api_family, upstream_path
 from proxy.transport import Backend, BackendResponse
 
 log = logging.getLogger(__name__)
 
 EXCHANGE = web.RequestKey("exchange", Exchange)  # filled here, recorded by the observe middleware
+INLINE_PARSE_LIMIT = 256 * 1024  # larger bodies are parsed in a worker thread
+KEEPALIVE_INTERVAL = 5.0  # seconds between keep-alive bytes while a stream waits for the backend
 _PATH = web.RequestKey("upstream_path", str)
 
 
@@ -84,6 +89,14 @@ class ClientBody:
         self.last = chunk
         return transport.get_write_buffer_size() < self.HIGH_WATER
 
+    def write_filler(self, chunk: bytes) -> bool:
+        """Keep-alive bytes: sent like body bytes, but never where an error tail would
+        have to start a line of its own (`last` stays as it was)."""
+        last = self.last
+        room = self.write(chunk)
+        self.last = last
+        return room
+
     async def drain(self) -> None:
         if self._transport is None or self._transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
@@ -115,12 +128,28 @@ async def answer_and_close(request: web.Request, response: web.Response) -> web.
 
 
 class Forwarder:
-    """The `/ollama/*` handler: one instance per app, holding the backend and its timeout."""
+    """The `/ollama/*` handler: one instance per app, holding the backend and its timeouts.
 
-    def __init__(self, backend: Backend, first_byte_timeout: float, body_timeout: float = 60.0) -> None:
+    `first_byte_timeout` bounds the wait for the backend's response head (on Modal at
+    most 140 s: Modal answers a web request that has not started within 150 s with a
+    redirect). A streaming request whose head has not come within `early_head_s` gets
+    its head from the gateway instead, then keep-alive bytes until the backend's first
+    bytes: its wait is bounded by `stream_timeout` (OLLAMA_TIMEOUT) alone.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        first_byte_timeout: float,
+        body_timeout: float = 60.0,
+        early_head_s: float | None = None,
+        stream_timeout: float | None = None,
+    ) -> None:
         self.backend = backend
         self.first_byte_timeout = first_byte_timeout
         self.body_timeout = body_timeout
+        self.early_head_s = early_head_s  # None: streams wait like any request
+        self.stream_timeout = stream_timeout or first_byte_timeout
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = forwarded_path(request)
@@ -140,53 +169,129 @@ class Forwarder:
         except RequestPayloadError as exc:  # its framing broke (proxy.server.GatewayRequestHandler)
             exchange.error = "bad_request"
             return await answer_and_close(request, error_response(400, str(exc), family))
-        exchange.model = model_of(body, request.content_type)
+        # A large body (images) is parsed off the event loop, so other streams do not stall.
+        facts = body_facts(body, request.content_type) if len(body) <= INLINE_PARSE_LIMIT else await asyncio.to_thread(body_facts, body, request.content_type)
+        exchange.model = facts.model
         frame = request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
+        streams_as = stream_content_type(request.method, route_of(path), facts)
+        if streams_as is not None and self.early_head_s is not None and self.early_head_s < self.stream_timeout:
+            return await self._stream(request, frame, streams_as, family, exchange)
         try:
             async with asyncio.timeout(self.first_byte_timeout):
                 upstream = await self.backend.open(frame)
-        except BackendUnavailable as exc:
+        except Exception as exc:  # noqa: BLE001 (each kind becomes its own answer)
+            return self._no_head(exc, family, exchange, self.first_byte_timeout)
+        return await self._relay(request, upstream, exchange)
+
+    def _no_head(self, exc: BaseException, family: str, exchange: Exchange, waited: float) -> web.Response:
+        """The answer when the backend gave no response head."""
+        if isinstance(exc, BackendUnavailable):
             exchange.error = "backend_unavailable"
             return error_response(503, str(exc), family)
-        except TimeoutError:
+        if isinstance(exc, TimeoutError):
             exchange.error = "first_byte_timeout"
-            message = f"the backend sent nothing within {self.first_byte_timeout:.0f}s (a model may still be loading)"
+            message = f"the backend sent nothing within {waited:.0f}s (a model may still be loading)"
             return error_response(504, message, family, {"Retry-After": "10"})
-        except UpstreamBroken as exc:
+        if isinstance(exc, UpstreamBroken):
             exchange.error = "empty_backend_response"
             return error_response(502, str(exc), family)
-        except Exception as exc:  # noqa: BLE001 (anything from the transport is a bad gateway)
-            log.exception("backend failed before the response head")
-            exchange.error = "backend_failed"
-            return error_response(502, f"the backend failed: {type(exc).__name__}", family)
+        log.error("backend failed before the response head", exc_info=exc)
+        exchange.error = "backend_failed"
+        return error_response(502, f"the backend failed: {type(exc).__name__}", family)
+
+    async def _stream(self, request: web.Request, frame: RequestFrame, content_type: str, family: str, exchange: Exchange) -> web.StreamResponse:
+        """A streaming request: relayed as usual if the backend's head comes within
+        `early_head_s`, otherwise started by the gateway (see `_early_stream`)."""
+        opening = asyncio.ensure_future(self.backend.open(frame))
         try:
-            return await self._relay(request, upstream, exchange)
+            if await _settles_within(opening, self.early_head_s):
+                try:
+                    upstream = opening.result()
+                except Exception as exc:  # noqa: BLE001
+                    return self._no_head(exc, family, exchange, self.early_head_s)
+                return await self._relay(request, upstream, exchange)
+            return await self._early_stream(request, opening, content_type, exchange)
+        finally:
+            await _abandon(opening)
+
+    async def _early_stream(self, request: web.Request, opening: asyncio.Future, content_type: str, exchange: Exchange) -> web.StreamResponse:
+        """Send the stream's head now and keep-alive bytes until the backend answers.
+
+        The head lets a cold start outlast Modal's 150 s limit on a response's start and
+        lets Modal's proxy see a client that leaves. The keep-alive bytes are ones every
+        reader of the stream skips (`keepalive_bytes`); an error that comes instead of
+        the stream is told in band, as Ollama tells one mid-stream.
+        """
+        exchange.early_head = True
+        exchange.first_byte = time.perf_counter()
+        exchange.status = 200
+        response = web.StreamResponse(status=200, headers={"Content-Type": content_type, "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        body = ClientBody(request, response)
+        filler = keepalive_bytes(content_type)
+        deadline = exchange.started + self.stream_timeout
+        try:
+            while not await _settles_within(opening, min(KEEPALIVE_INTERVAL, max(deadline - time.perf_counter(), 0))):
+                if time.perf_counter() >= deadline:
+                    exchange.error = "first_byte_timeout"
+                    return await self._end_in_band(response, body, f"the backend sent nothing within {self.stream_timeout:.0f}s", 504, exchange)
+                if not body.write_filler(filler):
+                    await body.drain()
+        except (ConnectionResetError, asyncio.CancelledError):
+            exchange.client_left = True
+            raise  # _stream's caller cancels the backend's work
+        try:
+            upstream = opening.result()
+        except Exception as exc:  # noqa: BLE001
+            failed = self._no_head(exc, "ollama", exchange, self.stream_timeout)
+            return await self._end_in_band(response, body, json.loads(failed.body)["error"], failed.status, exchange)
+        try:
+            exchange.backend_head = time.perf_counter()
+            exchange.served_by = upstream.served_by
+            exchange.cold_start = upstream.cold_start
+            if upstream.status >= 400:
+                exchange.status = upstream.status
+                exchange.error = "backend_error_in_band"
+                message = await read_error_message(upstream)
+                return await self._end_in_band(response, body, message, upstream.status, exchange)
+            return await self._send_body(response, body, upstream, exchange)
+        finally:
+            await upstream.aclose()
+
+    async def _end_in_band(self, response: web.StreamResponse, body: ClientBody, message: str, status: int, exchange: Exchange) -> web.StreamResponse:
+        body.write(stream_error_tail(response.content_type, message, body.last, status))
+        exchange.bytes_out = body.sent
+        await response.write_eof()
+        return response
+
+    async def _relay(self, request: web.Request, upstream: BackendResponse, exchange: Exchange) -> web.StreamResponse:
+        try:
+            exchange.first_byte = exchange.backend_head = time.perf_counter()
+            exchange.status = upstream.status
+            exchange.served_by = upstream.served_by
+            exchange.cold_start = upstream.cold_start
+            response = web.StreamResponse(status=upstream.status)
+            for name, value in client_response_headers(upstream.headers):
+                response.headers.add(name, value)
+            # Keep Ollama's framing: a body with a declared length keeps it (HEAD answers too);
+            # only bodies of unknown length go out chunked.
+            response.content_length = body_length(upstream.headers)
+            # Tell intermediaries such as nginx not to buffer the stream.
+            response.headers["X-Accel-Buffering"] = "no"
+            await response.prepare(request)
+            if request.method == "HEAD":
+                # A HEAD answer has no body, whatever the backend sends. Reading it to its
+                # end (it is empty) lets a remote backend finish without a stop.
+                await upstream.send_body(_Discard())
+                await response.write_eof()
+                return response
+            return await self._send_body(response, ClientBody(request, response), upstream, exchange)
         finally:
             # Releases the backend response on every exit, including a client that left
             # (the handler is cancelled): that is what stops generation upstream.
             await upstream.aclose()
 
-    async def _relay(self, request: web.Request, upstream: BackendResponse, exchange: Exchange) -> web.StreamResponse:
-        exchange.first_byte = time.perf_counter()
-        exchange.status = upstream.status
-        exchange.served_by = upstream.served_by
-        response = web.StreamResponse(status=upstream.status)
-        for name, value in client_response_headers(upstream.headers):
-            response.headers.add(name, value)
-        # Keep Ollama's framing: a body with a declared length keeps it (HEAD answers too);
-        # only bodies of unknown length go out chunked.
-        response.content_length = body_length(upstream.headers)
-        # Tell intermediaries such as nginx not to buffer the stream.
-        response.headers["X-Accel-Buffering"] = "no"
-        await response.prepare(request)
-        if request.method == "HEAD":
-            # A HEAD answer has no body, whatever the backend sends. Reading it to its
-            # end (it is empty) lets a remote backend finish without a stop.
-            await upstream.send_body(_Discard())
-            await response.write_eof()
-            return response
-
-        body = ClientBody(request, response)
+    async def _send_body(self, response: web.StreamResponse, body: ClientBody, upstream: BackendResponse, exchange: Exchange) -> web.StreamResponse:
         try:
             await upstream.send_body(body)
             broken = None if body.complete else f"the backend's body did not match its Content-Length ({body.sent} bytes)"
@@ -209,3 +314,52 @@ class Forwarder:
             exchange.bytes_out = body.sent
         await response.write_eof()
         return response
+
+
+async def _settles_within(future: asyncio.Future, seconds: float) -> bool:
+    done, _ = await asyncio.wait((future,), timeout=seconds)
+    return bool(done)
+
+
+async def _abandon(opening: asyncio.Future) -> None:
+    """Stop waiting for a response head nobody will use: cancel the request (a remote
+    backend is told to stop), or close a response that came just too late."""
+    if not opening.done():
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+    elif not opening.cancelled() and opening.exception() is None:
+        await opening.result().aclose()  # a no-op for a response that was relayed
+
+
+class _ErrorCollector:
+    """A sink that keeps the first bytes of an error body (Ollama's are small)."""
+
+    LIMIT = 64 * 1024
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> bool:
+        self.data += chunk[: self.LIMIT - len(self.data)]
+        return True
+
+    async def drain(self) -> None:
+        return None
+
+
+async def read_error_message(upstream: BackendResponse) -> str:
+    """The message of Ollama's error answer: `{"error": "..."}` natively,
+    `{"error": {"message": ...}}` on /v1, else its text."""
+    collector = _ErrorCollector()
+    try:
+        await upstream.send_body(collector)
+    except Exception as exc:  # noqa: BLE001
+        return f"the backend answered {upstream.status} and then failed: {exc}"
+    text = bytes(collector.data).decode("utf-8", "replace").strip()
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError, RecursionError):
+        error = None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return error if isinstance(error, str) and error else (text or f"the backend answered {upstream.status}")

@@ -85,9 +85,13 @@ class Exchange:
     client_left: bool = False
     error: str | None = None  # the gateway's own error kind, if any
     served_by: str = "gateway"  # "backend" once Ollama's answer is relayed
+    backend_head: float | None = None  # when the backend's response head came
+    early_head: bool = False  # the gateway sent the head while the backend was still starting
+    cold_start: bool = False  # this request found no GPU container up and started one
 
     def log_fields(self, now: float) -> dict:
         ttfb = None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1)
+        waited = None if self.backend_head is None else round((self.backend_head - self.started) * 1000, 1)
         fields = {
             "method": self.method,
             "path": self.path,
@@ -98,7 +102,12 @@ class Exchange:
             "bytes_out": self.bytes_out,
             "client_left": self.client_left,
             "served_by": self.served_by,
+            "backend_wait_ms": waited,
         }
+        if self.early_head:
+            fields["early_head"] = True
+        if self.cold_start:
+            fields["cold_start"] = True
         if self.error:
             fields["error"] = self.error
         return fields
@@ -128,6 +137,15 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
             registry=r,
         )
+        self.backend_wait = Histogram(
+            "garden_backend_wait_seconds",
+            "From request to the backend's response head (a cold start included)",
+            ["family"],
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.early_heads = Counter("garden_early_heads", "Streams whose head the gateway sent while the backend started", ["family"], registry=r)
+        self.cold_starts = Counter("garden_cold_starts", "Requests that found no GPU container up and started one", registry=r)
         self.bytes_relayed = Counter("garden_bytes_relayed", "Response body bytes relayed to clients", registry=r)
         self.disconnects = Counter("garden_client_disconnects", "Clients that left before the response ended", ["family"], registry=r)
         self.errors = Counter("garden_gateway_errors", "Errors the gateway produced itself", ["kind"], registry=r)
@@ -140,6 +158,12 @@ class Metrics:
         self.requests.labels(method, family, str(exchange.status), exchange.served_by).inc()
         if exchange.first_byte is not None:
             self.ttfb.labels(family).observe(exchange.first_byte - exchange.started)
+        if exchange.backend_head is not None and exchange.served_by == "backend":
+            self.backend_wait.labels(family).observe(exchange.backend_head - exchange.started)
+        if exchange.early_head:
+            self.early_heads.labels(family).inc()
+        if exchange.cold_start:
+            self.cold_starts.inc()
         self.duration.labels(family).observe(now - exchange.started)
         if exchange.bytes_out:
             self.bytes_relayed.inc(exchange.bytes_out)

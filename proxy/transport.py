@@ -28,6 +28,7 @@ class BackendResponse(Protocol):
     status: int
     headers: Headers
     served_by: str  # "backend" (Ollama answered) or "gateway" (proxy.catalog answered)
+    cold_start: bool  # this request started a GPU container
 
     async def send_body(self, sink: BodySink) -> None:
         """Write body chunks to `sink` as they arrive; return at the end. Raises `UpstreamBroken`."""
@@ -108,6 +109,7 @@ class RemoteResponse:
     """A response whose body frames come from a remote generator."""
 
     served_by = "backend"
+    cold_start = False
 
     def __init__(self, backend: RemoteBackend, request_id: str, status: int, headers: Headers, frames: AsyncIterator[Frame]) -> None:
         self.status = status

@@ -336,6 +336,7 @@ class SplitChunks:
 
 class SplitResponse:
     served_by = "backend"
+    cold_start = False
 
     def __init__(self, inner) -> None:
         self.inner = inner

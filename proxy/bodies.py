@@ -1,0 +1,50 @@
+"""What the gateway reads from a request body: its `model` and `stream` fields, once.
+
+Never anything else (no prompt, no images): these two decide how a request is answered
+(a stream gets its head early during a cold start) and name the model in the log.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+NDJSON = "application/x-ndjson"  # Ollama's native streams
+SSE = "text/event-stream"  # Ollama's OpenAI-compatible streams
+
+# Routes whose answer streams: native ones unless "stream": false, OpenAI ones if "stream": true.
+_NATIVE_STREAMS = frozenset({"/api/chat", "/api/generate"})
+_OPENAI_STREAMS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+@dataclass(frozen=True)
+class BodyFacts:
+    is_object: bool = False  # the body is a JSON object
+    model: str | None = None
+    stream: bool | None = None  # the "stream" field, when it is a boolean
+
+
+def body_facts(body: bytes, content_type: str = "") -> BodyFacts:
+    """The facts of a JSON object body; `BodyFacts()` for anything else (Ollama's to refuse)."""
+    if not body or ("json" not in content_type and not body.lstrip().startswith(b"{")):
+        return BodyFacts()
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's limit
+        return BodyFacts()
+    if not isinstance(parsed, dict):
+        return BodyFacts()
+    model, stream = parsed.get("model"), parsed.get("stream")
+    return BodyFacts(True, model[:200] if isinstance(model, str) else None, stream if isinstance(stream, bool) else None)
+
+
+def stream_content_type(method: str, route: str, facts: BodyFacts) -> str | None:
+    """The content type this request's answer will stream with, or None if it will not
+    stream (then the client waits for the whole answer, as Ollama's own clients expect)."""
+    if method != "POST" or not facts.is_object:
+        return None
+    if route in _NATIVE_STREAMS and facts.stream is not False:
+        return NDJSON  # Ollama streams unless told not to
+    if route in _OPENAI_STREAMS and facts.stream is True:
+        return SSE
+    return None
