@@ -105,6 +105,25 @@ class OllamaBackend:
         self.service.stop()
 
 
+# --- Warm windows: one GPU container kept up in the hours of OLLAMA_WARM_SCHEDULE -----------
+if settings.ollama_warm_schedule:
+    WARM_CHECK_MINUTES = 5
+
+    @app.function(image=gateway_image, schedule=modal.Period(minutes=WARM_CHECK_MINUTES), timeout=120)
+    def warm_windows() -> None:
+        """Set the backend's min_containers from the schedule (Modal's autoscaler does the rest)."""
+        from datetime import datetime, timedelta, timezone
+
+        from backend.warm import parse_schedule, wanted_containers
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        wanted = wanted_containers(
+            parse_schedule(settings.ollama_warm_schedule), datetime.now(timezone.utc), lead=timedelta(minutes=WARM_CHECK_MINUTES)
+        )
+        OllamaBackend().update_autoscaler(min_containers=wanted)  # an override until the next deploy
+        logging.getLogger("warm_windows").info("min_containers=%d (%s)", wanted, settings.ollama_warm_schedule)
+
+
 # --- Gateway: always warm, CPU only -----------------------------------------------------
 # API keys reach the gateway as GATEWAY_API_KEYS from a named Secret, or from the
 # deployer's environment (then Modal stores them as a Secret, never in the image).
@@ -142,6 +161,8 @@ def gateway() -> None:
     # Metadata from the catalog; /api/ps from the method's stats (no input, no container).
     catalog = ModalCatalogSource(DictCatalog(catalog_dict), method)
     # A thread of this process, not a subprocess, so the server can call OllamaBackend.
+    # Modal cuts a response that has not started within 150 s: a request that does not
+    # stream gets its 504 first (streams get an early head from the gateway instead).
     first_byte_timeout = min(settings.ollama_timeout, MODAL_WEB_FIRST_BYTE_LIMIT)
     serve_in_thread(
         lambda: create_app(backend, settings, backend_kind="modal", first_byte_timeout=first_byte_timeout, catalog=catalog),

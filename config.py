@@ -11,6 +11,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from backend.warm import EXAMPLE as WARM_EXAMPLE
+from backend.warm import ScheduleError, parse_schedule
+
 APP_NAME = "personal-model-garden"
 
 # Modal's limits, checked here so a typo fails at import with our own message.
@@ -117,6 +120,7 @@ class Settings:
     ollama_max_containers: int = 1
     ollama_startup_timeout: int = 3600
     ollama_model_list: tuple[str, ...] = ("glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M")
+    ollama_warm_schedule: str = ""  # hours with one GPU container kept up (backend/warm.py)
     ollama_url: str = "http://127.0.0.1:11434"
     models_volume: str = "ollama-models"
     # Gateway (CPU) side.
@@ -146,6 +150,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not version or not all(part.isdigit() for part in version.split(".")):
         raise ConfigError(f"OLLAMA_VERSION={version!r}: expected a release number such as 0.30.3")
     models = _list(env, "OLLAMA_MODEL_LIST", ",".join(defaults.ollama_model_list))
+    warm = env.get("OLLAMA_WARM_SCHEDULE", "").strip()
+    if warm:
+        try:
+            parse_schedule(warm)
+        except ScheduleError as exc:
+            raise ConfigError(f"OLLAMA_WARM_SCHEDULE={warm!r}: {exc}; expected windows such as {WARM_EXAMPLE!r}") from None
     return Settings(
         ollama_gpu=_gpu(env, "OLLAMA_GPU", defaults.ollama_gpu),
         ollama_version=version,
@@ -155,6 +165,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ollama_max_containers=_int(env, "OLLAMA_MAX_CONTAINERS", defaults.ollama_max_containers, 1, 100),
         ollama_startup_timeout=_int(env, "OLLAMA_STARTUP_TIMEOUT", defaults.ollama_startup_timeout, 60, MODAL_MAX_TIMEOUT),
         ollama_model_list=models,
+        ollama_warm_schedule=warm,
         ollama_url=_ollama_url(env.get("OLLAMA_HOST", "")),
         gateway_port=_int(env, "GATEWAY_PORT", defaults.gateway_port, 1, 65535),
         gateway_min_containers=_int(env, "GATEWAY_MIN_CONTAINERS", defaults.gateway_min_containers, 0, 100),
@@ -176,7 +187,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 # Not OLLAMA_HOST (the backend always uses its own loopback Ollama) and never a secret.
 FORWARDED_ENV = (
     "OLLAMA_GPU", "OLLAMA_VERSION", "OLLAMA_SCALEDOWN", "OLLAMA_TIMEOUT", "OLLAMA_MAX_INPUTS",
-    "OLLAMA_MAX_CONTAINERS", "OLLAMA_STARTUP_TIMEOUT",
+    "OLLAMA_MAX_CONTAINERS", "OLLAMA_STARTUP_TIMEOUT", "OLLAMA_WARM_SCHEDULE",
     "OLLAMA_MODEL_LIST", "GATEWAY_PORT", "GATEWAY_MIN_CONTAINERS", "GATEWAY_MAX_INPUTS",
     "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_BODY_TIMEOUT_S", "GATEWAY_EARLY_HEAD_S", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
     "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY",

@@ -140,3 +140,29 @@ print(json.dumps(seen))
     assert len(paths) == 2  # the gateway's image and the backend's
     for path in paths:
         assert os.path.isabs(path) and os.path.samefile(path, REPO / "requirements.txt")
+
+
+def test_warm_windows_are_a_scheduled_cpu_function_only_when_asked_for():
+    script = """
+import json, app
+fn = getattr(app, "warm_windows", None)
+info = fn.info() if fn else None
+print(json.dumps(None if info is None else {"schedule": str(info.schedule), "gpus": info.gpus}))
+"""
+    def read(**env):
+        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env_with_path(None, **env), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert read() is None  # no schedule, no function: the GPU scales to zero as before
+    wired = read(OLLAMA_WARM_SCHEDULE="Mon-Fri 08:30-18:00 Europe/Berlin")
+    assert wired == {"schedule": "Period(minutes=5)", "gpus": []}
+
+
+def test_an_invalid_warm_schedule_fails_at_import_naming_the_variable():
+    result = subprocess.run(
+        [sys.executable, "-c", "import app"], cwd=REPO, env=env_with_path(None, OLLAMA_WARM_SCHEDULE="Mon-Fry 08:30-18:00"),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "OLLAMA_WARM_SCHEDULE='Mon-Fry 08:30-18:00': 'Fry' is not a day" in result.stderr
