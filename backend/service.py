@@ -44,6 +44,7 @@ class OllamaService:
         self.models = models
         self.commit = commit  # persists the model store (Modal: volume.commit)
         self.catalog = catalog  # what the gateway answers metadata from (None: it forwards all)
+        self.ready_at: float | None = None  # wall-clock time start() finished (Modal then sends inputs)
         self._catalog_lock = threading.Lock()  # one build at a time, so the last written is the newest
         self.server = server or ollama_server.OllamaServer(base_url)
         self.ready_timeout = ready_timeout
@@ -67,6 +68,16 @@ class OllamaService:
                 log.info("model %s loaded in %.1fs", available[0], seconds)
             except (ollama_server.PullError, OSError, ValueError) as exc:
                 log.error("could not preload %s: %s", available[0], exc)
+        self.mark_ready()
+
+    def mark_ready(self) -> None:
+        self.ready_at = time.time()
+
+    def waited_for_start(self, request: RequestFrame) -> bool:
+        """Was `request` sent before this container was ready, so that it waited for a cold
+        start? (Wall clocks of Modal's hosts agree to well under a cold start's seconds.)"""
+        sent_at = request.get("sent_at")
+        return sent_at is not None and self.ready_at is not None and sent_at < self.ready_at
 
     async def proxy(self, request: RequestFrame, stops: StopSignals | None = None) -> AsyncIterator[Frame]:
         """Relay one request; after a successful store change, commit the volume.
@@ -89,6 +100,8 @@ class OllamaService:
             async for frame in frames:
                 if isinstance(frame, dict):
                     status = frame["status"]
+                    if self.waited_for_start(request):
+                        frame = {**frame, "cold_start": True}
                 if hold_last:
                     frame, held = held, frame
                     if frame is None:

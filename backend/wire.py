@@ -14,15 +14,17 @@ Headers = list[tuple[str, str]]
 
 class RequestFrame(TypedDict, total=False):
     request_id: str  # set by a remote transport, so a stop signal can name this request
+    sent_at: float  # wall-clock time the remote transport sent it (to tell a cold start)
     method: str
     path: str  # origin-form: "/api/chat?x=1", always rooted on the backend's own Ollama
     headers: Headers
     body: bytes
 
 
-class HeadFrame(TypedDict):
-    status: int
-    headers: Headers
+class HeadFrame(TypedDict, total=False):
+    status: int  # always there
+    headers: Headers  # always there
+    cold_start: bool  # the request waited for its container to start
 
 
 # A stream is one HeadFrame, then zero or more bytes chunks.

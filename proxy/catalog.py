@@ -14,7 +14,6 @@ failing lookup) it forwards: a wrong answer would be worse than a GPU start. Wit
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -146,22 +145,13 @@ class CatalogBackend:
         return ANSWERED_HERE if self.source is not None else ()
 
     async def open(self, request: RequestFrame) -> BackendResponse:
-        probe = None
         if self.source is not None:
             answer = await self._answer(request)
             if answer is not None:
                 return answer
-            # Beside the request, not before it: was a GPU container up? (for the cold-start
-            # count; a warm backend answers before this, and then it was up).
-            probe = asyncio.ensure_future(self._backend_running())
-        try:
-            response = await self.backend.open(request)
-        finally:
-            if probe is not None and not probe.done():
-                probe.cancel()
-        if probe is not None and not probe.cancelled() and probe.result() is False:
-            response.cold_start = True
-            self._running = (self.clock(), True)  # it is up now: /api/ps goes to it
+        response = await self.backend.open(request)
+        if response.cold_start:
+            self._running = (self.clock(), True)  # a container is up now: /api/ps goes to it
         if writes_model_store(request["method"], request["path"]):
             self._catalog = None  # the backend rewrites the catalog before this completes
             return _ForgetsWhenDone(response, self)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -76,7 +77,7 @@ class RemoteBackend:
 
     async def open(self, request: RequestFrame) -> BackendResponse:
         request_id = uuid.uuid4().hex
-        frames = self.call({**request, "request_id": request_id})
+        frames = self.call({**request, "request_id": request_id, "sent_at": time.time()})
         try:
             head = await anext(frames)
             if not isinstance(head, dict):
@@ -92,7 +93,9 @@ class RemoteBackend:
             # The container could not be reached or failed to start.
             first_line = (str(exc).splitlines() or [""])[0][:200]
             raise BackendUnavailable(f"the backend could not be reached or failed to start ({type(exc).__name__}: {first_line})") from None
-        return RemoteResponse(self, request_id, head["status"], head["headers"], frames)
+        response = RemoteResponse(self, request_id, head["status"], head["headers"], frames)
+        response.cold_start = bool(head.get("cold_start"))
+        return response
 
     async def send_stop(self, request_id: str) -> None:
         try:

@@ -113,19 +113,31 @@ class ModalGarden:
 
 
 @pytest.fixture
-async def modal_garden(standin, start_gateway) -> AsyncIterator[ModalGarden]:
-    """A garden shaped as on Modal, before its first backend start (no catalog yet)."""
+async def make_modal_garden(standin, start_gateway) -> AsyncIterator[Callable[..., Awaitable[ModalGarden]]]:
+    """Gardens shaped as on Modal, before their first backend start (no catalog yet);
+    keyword arguments override Settings fields, as for `start_gateway`."""
     url, state = standin
-    catalog = FakeModalDict()
-    service = OllamaService(url, ("llama3.2",), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(catalog))
-    stops = LocalStopSignals()
-    method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops))
-    gateway = await start_gateway(
-        RemoteBackend(method.remote_gen.aio, stops), backend_kind="modal", catalog=ModalCatalogSource(DictCatalog(catalog), method)
-    )
-    yield ModalGarden(gateway, state, service, method, catalog, stops)
-    await service.settle()
-    await service.relay.aclose()
+    services: list[OllamaService] = []
+
+    async def make(**overrides) -> ModalGarden:
+        catalog = FakeModalDict()
+        service = OllamaService(url, ("llama3.2",), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(catalog))
+        services.append(service)
+        stops = LocalStopSignals()
+        method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops), on_ready=service.mark_ready)
+        catalog_source = ModalCatalogSource(DictCatalog(catalog), method)
+        gateway = await start_gateway(RemoteBackend(method.remote_gen.aio, stops), backend_kind="modal", catalog=catalog_source, **overrides)
+        return ModalGarden(gateway, state, service, method, catalog, stops)
+
+    yield make
+    for service in services:
+        await service.settle()
+        await service.relay.aclose()
+
+
+@pytest.fixture
+async def modal_garden(make_modal_garden) -> ModalGarden:
+    return await make_modal_garden()
 
 
 @pytest.fixture

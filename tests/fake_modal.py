@@ -69,7 +69,7 @@ def detached_call(produce: Callable[[dict], AsyncIterator[Any]]) -> Callable[[di
 
 
 @dataclass(frozen=True)
-class FunctionCurrentStats:  # modal.functions.FunctionCurrentStats
+class FunctionCurrentStats:  # modal.types.FunctionCurrentStats
     backlog: int
     num_total_runners: int
     num_running_inputs: int
@@ -78,13 +78,21 @@ class FunctionCurrentStats:  # modal.functions.FunctionCurrentStats
 
 class FakeBackendMethod:
     """`OllamaBackend().proxy` as the gateway sees it. A container "starts" with the first
-    input and stays up (Modal keeps it for the scale-down window) until `scale_to_zero()`."""
+    input and stays up (Modal keeps it for the scale-down window) until `scale_to_zero()`;
+    while it starts (`start_delay` seconds: the image, `ollama serve`, the pulls) inputs
+    wait, and a stop sent meanwhile is there when they run."""
 
-    def __init__(self, produce: Callable[[dict], AsyncIterator[Any]]) -> None:
+    def __init__(
+        self, produce: Callable[[dict], AsyncIterator[Any]], start_delay: float = 0.0, on_ready: Callable[[], None] = lambda: None
+    ) -> None:
         self.calls: list[dict] = []
+        self.on_ready = on_ready  # the container's start-up hook finished (Modal's @enter)
         self.containers = 0
         self.stats_reads = 0
-        self._call = detached_call(produce)
+        self.start_delay = start_delay
+        self._ready_at = 0.0
+        self._produce = produce
+        self._call = detached_call(self._after_start)
         self.remote_gen = _Method(self._blocking, self._remote_gen)
         self.get_current_stats = _Method(self._blocking, self._stats)
 
@@ -97,8 +105,18 @@ class FakeBackendMethod:
 
     def _remote_gen(self, request: dict) -> AsyncIterator[Any]:
         self.calls.append(request)
-        self.containers = max(self.containers, 1)
+        if self.containers == 0:  # a cold start
+            self.containers = 1
+            self._ready_at = asyncio.get_running_loop().time() + self.start_delay
+            asyncio.get_running_loop().call_later(self.start_delay, self.on_ready)
         return self._call(request)
+
+    async def _after_start(self, request: dict) -> AsyncIterator[Any]:
+        wait = self._ready_at - asyncio.get_running_loop().time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        async for frame in self._produce(request):
+            yield frame
 
     async def _stats(self) -> FunctionCurrentStats:
         self.stats_reads += 1
