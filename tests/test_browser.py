@@ -399,3 +399,27 @@ async def test_only_listed_origins_may_call_from_a_browser(standin, start_gatewa
     result = await chat(browser, "ndjson", KEY, "refused")
     assert "fetchError" in result and "status" not in result, result  # the browser refused it
     assert state.seen == []  # the preflight failed, so the request itself was never sent
+
+
+@pytest.mark.parametrize("kind", ["ndjson", "sse"])
+async def test_page_gets_a_normal_stream_or_ollamas_error_after_a_cold_start(make_modal_garden, page_origin, browser, monkeypatch, kind):
+    # A fetch + ReadableStream reader (the page's) sees the gateway's early head, then the
+    # keep-alive bytes (spaces before the first NDJSON line, SSE comments), then the stream.
+    from proxy import forward
+
+    monkeypatch.setattr(forward, "KEEPALIVE_INTERVAL", 0.3)
+    garden = await make_modal_garden(gateway_api_keys=(KEY,), gateway_early_head_s=0.2)
+    garden.method.start_delay = 1.5
+    await open_page(browser, page_origin, garden.url)
+    result = await chat(browser, kind, KEY, f"{kind}-cold")
+    assert result["status"] == 200 and result["streamErrors"] == []
+    if kind == "ndjson":
+        assert result["final"]["done"] is True
+    else:
+        assert result["finishReason"] == "stop" and result["sawDone"] is True
+    assert [s["text"] for s in await browser.evaluate(f"rendered('{kind}-cold')")] == tokens(8)
+    garden.method.scale_to_zero()
+    ghost = {**CHAT, "model": "ghost"}
+    result = await asyncio.wait_for(start_chat(browser, kind, KEY, ghost, f"{kind}-ghost"), STEP_TIMEOUT)
+    message = "model 'ghost' not found"
+    assert result["status"] == 200 and result["streamErrors"] == ([message] if kind == "ndjson" else [{"message": message, "type": "not_found_error", "param": None, "code": None}])
