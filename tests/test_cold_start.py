@@ -191,3 +191,22 @@ async def wait_until(predicate, timeout: float) -> bool:
             return True
         await asyncio.sleep(0.01)
     return predicate()
+
+
+async def test_a_400_or_a_backend_that_fails_to_start_is_told_in_band_too(cold, monkeypatch):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(cold.url + "/ollama/api/chat", json={"messages": CHAT["messages"]}) as response:
+            body = await response.read()  # no model: Ollama's 400
+        assert response.status == 200 and json.loads(body.lstrip(b" ")) == {"error": "model is required"}
+
+        async def crash(request):
+            raise RuntimeError("the container's start-up hook failed")
+            yield  # an async generator, as the method is
+
+        cold.method.scale_to_zero()
+        monkeypatch.setattr(cold.method, "_produce", crash)
+        async with http.post(cold.url + "/ollama/api/chat", json=CHAT) as response:
+            body = await response.read()
+    assert response.status == 200
+    error = json.loads(body.lstrip(b" "))["error"]
+    assert error.startswith("the backend could not be reached or failed to start (RuntimeError: the container's start-up hook failed")
