@@ -36,14 +36,29 @@ LISTEN_BACKLOG = 4096
 # Collect the young generation every 100k net allocations instead of 700: relaying a
 # token allocates a few dozen objects, and under 200 streams the default thresholds ran
 # collections often enough to show in the inter-token gap p99 (bench/HISTORY.md).
-GC_THRESHOLDS = (100_000, 50, 1000)
+# The two older generations every third collection of the one below them: a stream
+# abandoned by its client leaves reference cycles (the cancelled handler's exception and
+# traceback, futures, the upstream connection and its parser), and the cycles of streams
+# still open at a young collection move on to the older generations. With (50, 1000)
+# there a full collection never came and the RSS grew with every abandoned stream;
+# with (2, 2) it levels off (bench/SOAK.md, bench/HISTORY.md section 6). In the bench's
+# steady phase no collection runs at all (the net count stays under 100k), so the speed
+# those thresholds bought is kept.
+GC_THRESHOLDS = (100_000, 2, 2)
 
 
 def settle_heap() -> None:
     """Freeze what start-up allocated, so the collector stops rescanning it, and collect
-    less often: full collections under load paused every stream for tens of ms."""
+    the young generation less often: full collections of the whole heap under load paused
+    every stream for tens of ms. Full collections still run, over what is not frozen."""
     gc.collect()
     gc.freeze()
+    # CPython (up to 3.13) skips a due full collection until the objects moved into the
+    # oldest generation since the last one exceed a quarter of what that one left there.
+    # The collection above counted start-up's objects, which are frozen now and never
+    # scanned again; this one (cheap: only what was allocated since) counts what full
+    # collections actually scan, so the first is not held back by start-up's size.
+    gc.collect()
     gc.set_threshold(*GC_THRESHOLDS)
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import socket
 import threading
 import urllib.request
+import weakref
 
 import aiohttp
 import pytest
 
 from config import Settings
 from proxy.app import create_app
-from proxy.server import serve_in_thread
+from proxy.server import GC_THRESHOLDS, serve_in_thread, settle_heap
 from proxy.transport import UnavailableBackend
 from tests.conftest import raw_exchange
 from tests.test_ollama_server import free_port
@@ -80,3 +82,42 @@ async def test_the_parsers_own_400s_are_json_and_log_one_line_with_the_reason(ga
     assert len(lines) == 1 and reason in lines[0], caplog.text
     assert "sk-secret" not in caplog.text and "sk-secret" not in answer.decode(errors="replace")
     assert "Traceback" not in caplog.text
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_settled_heap_still_frees_cycles_that_reached_the_oldest_generation():
+    # An abandoned stream leaves reference cycles; those of streams still open at a young
+    # collection move on to older generations. settle_heap()'s thresholds keep young
+    # collections rare, but a full collection must still come on its own, or the RSS grows
+    # with every abandoned stream (bench/SOAK.md). Counted in collections, not time.
+    threshold = gc.get_threshold()
+    collected: list[int] = []
+
+    def watch(phase: str, info: dict) -> None:
+        if phase == "stop":
+            collected.append(info["generation"])
+
+    try:
+        settle_heap()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        survivors = [_Cycle() for _ in range(1000)]  # alive through collections: they move on
+        refs = [weakref.ref(c) for c in survivors]
+        gc.callbacks.append(watch)
+        for _ in range(30):  # young garbage, 30 young collections' worth at most
+            for _ in range(GC_THRESHOLDS[0]):
+                _Cycle()
+            if survivors is not None and 1 in collected:  # a middle-generation collection moved them to the oldest
+                survivors = None
+                collected.clear()
+            if survivors is None and 2 in collected:
+                break
+        assert survivors is None, f"no middle-generation collection in 30 young ones: {collected.count(0)} young"
+        assert 2 in collected, "no full collection came on its own"
+        assert not any(r() for r in refs), "cycles that reached the oldest generation were not freed"
+    finally:
+        if watch in gc.callbacks:
+            gc.callbacks.remove(watch)
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
