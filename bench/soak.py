@@ -1,6 +1,6 @@
 """The soak: tens of thousands of abandoned streams through the gateway, then its RSS.
 
-    python -m bench.soak          # about 3 minutes on 2 cores, loopback only
+    python -m bench.soak          # 2–3 minutes on 2 cores, loopback only
 
 Starts the bench upstream and the gateway (local mode, `python -m proxy`) on free
 loopback ports, as `bench/stack.py` does but without nginx, and from this process opens
