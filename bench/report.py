@@ -322,6 +322,13 @@ def markdown(res: dict) -> str:
         "![results](results.png)",
         "",
     ]
+    if res.get("idle"):  # bench/idle.py: what wakes the GPU
+        from bench.idle import render as render_idle
+
+        lines += [""] + render_idle(res["idle"]) + [""]
+    soak = Path(__file__).with_name("SOAK.md")
+    if soak.exists():  # bench/soak.py: memory after tens of thousands of abandoned streams
+        lines += ["", soak.read_text().strip().replace("# Soak:", "## Soak:", 1), ""]
     history = Path(__file__).with_name("HISTORY.md")
     if history.exists():  # the hand-written record of profiling and fixes, before and after
         lines += ["", history.read_text().strip(), ""]

@@ -375,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench import report
 
     results = report.build(args, info, steady_runs, sat_runs, steady_hwm, sat_hwm, split_runs)
+    from bench import idle
+
+    log("idle hour: backend calls caused by idle chat tabs, before and after the catalog")
+    results["idle"] = idle.measure()
     results["quiet"] = {"threshold": args.quiet_threshold, "discarded": guard.discarded, "waited": guard.waited}
     missed = [t["name"] for t in results["targets"] if not t["pass"]]
     if args.profile == "on" or (args.profile == "auto" and missed):
