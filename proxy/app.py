@@ -49,11 +49,8 @@ def _family(request: web.Request) -> str:
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error the gateway makes itself is JSON, never an HTML page or a traceback.
 
-    Also: a request that came with a chunked body gets its connection closed after the
-    answer. aiohttp 3.14's C parser hands a chunked body's trailer fields to the *next*
-    request on the connection as headers (`_http_parser.pyx`: a trailer's name and value
-    are only processed when the next message's first header arrives), so a trailer
-    `X-API-Key: k1` would let a keyless request through. No next request, no leak.
+    An error answered before the request's body was read closes the connection after it:
+    aiohttp would otherwise keep reading (and dropping) that body for up to 10 s.
     """
     try:
         response = await handler(request)
@@ -68,7 +65,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
         response = error_response(500, "internal gateway error", _family(request))
-    if hdrs.TRANSFER_ENCODING in request.headers:
+    if response.status >= 400 and request.body_exists and not request.content.is_eof():
         response.force_close()
     return response
 
@@ -142,6 +139,17 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
         return await handler(request)
 
     return guard
+
+
+def method_not_allowed(allowed: list[str]) -> Handler:
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    return refuse
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
 
 
 async def continue_after_checks(request: web.Request) -> web.StreamResponse | None:
@@ -243,14 +251,20 @@ def create_app(
     async def close_backend(app: web.Application) -> None:
         await app[BACKEND_KEY].aclose()
 
-    health_route = app.router.add_get("/health", health)
+    # Every route the router can match is ours, with our Expect handler: aiohttp's own
+    # (for unmatched paths and methods) would invite a body before the guard ran.
+    health_route = app.router.add_get("/health", health, expect_handler=continue_after_checks)
     routes = [health_route, app.router.add_get(METRICS_PATH, metrics_page, expect_handler=continue_after_checks)]
-    # Other methods get the router's 405 (with Allow), made JSON by json_errors.
     forwarded = app.router.add_resource(PREFIX + "{tail:(/.*)?}")
     routes += [forwarded.add_route(method, forward, expect_handler=continue_after_checks) for method in FORWARDED_METHODS]
     public = frozenset({health_route.resource})  # everything else is behind the guard
     app.middlewares.extend([observe(metrics), json_errors, access_guard(settings, loopback_only, public)])
     setup_cors(app, settings.gateway_cors_origins, routes)
+    # After CORS, so its preflight routes match OPTIONS first: other methods get a 405
+    # with Allow, other paths a 404, both made JSON by json_errors.
+    for resource in {route.resource for route in routes}:
+        resource.add_route("*", method_not_allowed(sorted({r.method for r in resource} | {"OPTIONS"})), expect_handler=continue_after_checks)
+    app.router.add_route("*", "/{anything:.*}", not_found, expect_handler=continue_after_checks)
     app.on_cleanup.append(close_backend)
 
     if not settings.gateway_api_keys:

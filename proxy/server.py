@@ -7,8 +7,8 @@ with two repairs (see `GatewayRequestHandler`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
-import itertools
 import logging
 import signal
 import threading
@@ -78,12 +78,18 @@ def parser_reason(exc: HttpProcessingError) -> str:
 
 
 class GatewayRequestHandler(RequestHandler):
-    """aiohttp's connection handler, with two repairs for input from the internet.
+    """aiohttp's connection handler, with three repairs for input from the internet.
 
     - aiohttp 3.14's C parser (`_http_parser.pyx`, `feed_data`) drops the body it was
       filling when a request's chunked framing breaks mid-body: the handler reading it
       waits forever, holding its buffers and connection. Here the body fails at once
       (`RequestPayloadError`), so the forwarder answers 400 and lets go.
+    - The same parser hands a chunked body's trailer fields to the *next* request on the
+      connection as headers (a trailer's name and value are only processed when the next
+      message's first header arrives): a trailer `X-API-Key: k1` let a keyless request
+      in. A request with a chunked body is marked to close its connection, so whatever
+      answers it (a handler, a refusal, an Expect handler, aiohttp itself) ends the
+      connection and no next request is read from it.
     - The parser's own 400s (bad request line, bad header) become one JSON error and one
       log line with the reason, instead of a text/plain page that echoes the raw bytes
       and a traceback (or, for a bad request line, nothing at all).
@@ -96,9 +102,12 @@ class GatewayRequestHandler(RequestHandler):
         super().data_received(data)
         if len(self._messages) == queued:
             return
-        for message, payload in itertools.islice(self._messages, queued, None):
+        for index in range(queued, len(self._messages)):
+            message, payload = self._messages[index]
             if not isinstance(message, _ErrInfo):
                 self._filling = payload
+                if message.chunked and not message.should_close:
+                    self._messages[index] = (message._replace(should_close=True), payload)
             elif self._filling is not None and not self._filling.is_eof():
                 self._filling.set_exception(RequestPayloadError(f"malformed request body: {parser_reason(message.exc)}"))
                 self._filling.feed_eof()  # nothing more comes: aiohttp must not linger reading it
@@ -153,7 +162,8 @@ def run_forever(app: web.Application, host: str, port: int, on_ready: Callable[[
 
     async def main() -> None:
         stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers on the loop
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         runner, _ = await start_site(app, host, port)
         try:
             on_ready()

@@ -338,6 +338,60 @@ async def test_a_trailer_on_a_chunked_request_never_reaches_the_next_request(sta
     assert [call["path"] for call in backend.calls] == ["/api/chat"]
 
 
+@pytest.mark.parametrize(
+    ("first", "extra"),
+    [
+        (b"POST /ollama/api/chat", b"Expect: teapot\r\n"),  # answered by an Expect handler, before any middleware
+        (b"POST /health", b"Expect: teapot\r\n"),
+        (b"POST /nothing", b""),
+        (b"PUT /ollama/api/chat", b"Expect: 100-continue\r\n"),
+        (b"GET /metrics", b""),
+    ],
+)
+async def test_no_answer_to_a_chunked_request_lets_its_trailer_reach_the_next_request(start_gateway, first, extra):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend, gateway_api_keys=("k1",))
+    smuggled = (
+        first + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" + extra + b"\r\n"
+        b"2\r\n{}\r\n0\r\nX-API-Key: k1\r\n\r\n"
+        b"GET /ollama/api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    answer = await raw_exchange(gateway, smuggled)
+    assert answer.count(b"HTTP/1.1 ") == 1 or answer.count(b"HTTP/1.") == 1, answer[:300]
+    assert backend.calls == []
+
+
+@pytest.mark.parametrize("request_line", ["POST /nothing", "PUT /ollama/api/chat", "POST /metrics", "POST /health"])
+async def test_expect_100_continue_is_never_answered_before_the_key_check(start_gateway, request_line):
+    gateway = await start_gateway(RecordingBackend(), gateway_api_keys=("k1",))
+    host, port = gateway.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"{request_line} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n".encode())
+    await writer.drain()
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    except TimeoutError:
+        head = b"(nothing: the client would send its body after its own wait)"
+    finally:
+        writer.close()
+    assert not head.startswith(b"HTTP/1.1 100"), head
+
+
+async def test_a_refusal_before_the_body_says_the_connection_closes(start_gateway):
+    # The answer goes out at once; aiohttp then reads (and drops) what the client still
+    # sends for a short while before closing, as nginx's lingering close does, so that the
+    # client is not reset before it has read the refusal.
+    gateway = await start_gateway(RecordingBackend(), gateway_api_keys=("k1",))
+    host, port = gateway.removeprefix("http://").split(":")
+    for headers in (b"", b"X-API-Key: k1\r\nContent-Encoding: gzip\r\n"):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /ollama/api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n" + headers + b"\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        writer.close()
+        assert status_of(head) in (401, 415) and b"Connection: close" in head
+
+
 async def test_cors_answers_vary_on_origin(start_gateway, http):
     gateway = await start_gateway(RecordingBackend(), gateway_api_keys=("k",))
     for origin in ("https://a.example", "https://b.example"):
