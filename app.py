@@ -88,7 +88,7 @@ class OllamaBackend:
             },
         )
         self.service = OllamaService(
-            BACKEND_OLLAMA_URL, settings.ollama_model_list, commit=models_volume.commit, server=server, catalog=DictCatalog(catalog_dict)
+            BACKEND_OLLAMA_URL, settings.ollama_model_list, commit=models_volume.commit, server=server, catalog=DictCatalog(catalog_dict, settings.ollama_version)
         )
         self.service.start()
 
@@ -159,7 +159,7 @@ def gateway() -> None:
     method = OllamaBackend().proxy
     backend = RemoteBackend(method.remote_gen.aio, QueueStopSignals(stop_queue))
     # Metadata from the catalog; /api/ps from the method's stats (no input, no container).
-    catalog = ModalCatalogSource(DictCatalog(catalog_dict), method)
+    catalog = ModalCatalogSource(DictCatalog(catalog_dict, settings.ollama_version), method)
     # A thread of this process, not a subprocess, so the server can call OllamaBackend.
     # Modal cuts a response that has not started within 150 s: a request that does not
     # stream gets its 504 first (streams get an early head from the gateway instead).

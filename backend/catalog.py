@@ -85,20 +85,27 @@ def build_catalog(base_url: str) -> dict[str, Any]:
 class DictCatalog:
     """The catalog in a `modal.Dict` (or anything with its get/put/pop API): written by
     the backend (blocking calls, from its start-up hook or a worker thread), read by
-    the gateway (async)."""
+    the gateway (async).
 
-    def __init__(self, store: Any) -> None:
+    Each side names the Ollama release it was deployed with: the Dict outlives deploys,
+    and after an upgrade the old release's answers must not be served as the new one's.
+    """
+
+    def __init__(self, store: Any, ollama_version: str) -> None:
         self.store = store
+        self.ollama_version = ollama_version
 
     def write(self, catalog: dict[str, Any]) -> None:
-        self.store.put(CATALOG_KEY, catalog)
+        self.store.put(CATALOG_KEY, {**catalog, "deployed_ollama": self.ollama_version})
 
     def remove(self) -> None:
         self.store.pop(CATALOG_KEY, None)
 
     async def read(self) -> dict[str, Any] | None:
         catalog = await self.store.get.aio(CATALOG_KEY)
-        return catalog if isinstance(catalog, dict) and catalog.get("format") == FORMAT else None
+        if not isinstance(catalog, dict) or catalog.get("format") != FORMAT or catalog.get("deployed_ollama") != self.ollama_version:
+            return None
+        return catalog
 
 
 def refresh(base_url: str, catalog: DictCatalog, reason: str) -> bool:

@@ -66,17 +66,17 @@ async def replay(with_catalog: bool) -> dict:
     from tests.conftest import serve, serve_gateway
     from tests.fake_modal import FakeBackendMethod, FakeModalDict
     from tests.fake_ollama import AlreadyRunning
-    from tests.ollama_standin import StandinState, create_standin
+    from tests.ollama_standin import VERSION, StandinState, create_standin
 
     state = StandinState()
     standin = await serve(create_standin(state))
     store = FakeModalDict()
-    service = OllamaService(standin.url, ("llama3.2",), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(store))
+    service = OllamaService(standin.url, ("llama3.2",), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(store, VERSION))
     await asyncio.to_thread(service.start)  # the deploy's first start wrote the catalog
     stops = LocalStopSignals()
     method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops))
     method.scale_to_zero()
-    source = ModalCatalogSource(DictCatalog(store), method) if with_catalog else None
+    source = ModalCatalogSource(DictCatalog(store, VERSION), method) if with_catalog else None
     gateway = await serve_gateway(create_app(RemoteBackend(method.remote_gen.aio, stops), Settings(), backend_kind="modal", catalog=source))
     call_times: list[float] = []
     events = idle_hour()

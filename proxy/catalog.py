@@ -14,6 +14,7 @@ failing lookup) it forwards: a wrong answer would be worse than a GPU start. Wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -81,32 +82,52 @@ def _stored(entry: dict) -> StoredResponse:
 
 
 def _show_request(body: bytes, user_agent: str) -> str | None:
-    """The model a plain `/api/show` asks about; None if anything else could change its answer."""
+    """The model a plain `/api/show` asks about; None if anything else could change its
+    answer, or if Ollama's JSON decoding would refuse the body (a `verbose` that is not a
+    boolean, a `model` that is not a string: those are Ollama's 400s to give)."""
     if len(body) > MAX_SHOW_BODY or user_agent.startswith("GitHubCopilotChat/"):  # Ollama echoes the name for Copilot
         return None
     try:
         request = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(request, dict) or not set(request) <= SHOW_FIELDS or request.get("verbose"):
+    if not isinstance(request, dict) or not set(request) <= SHOW_FIELDS:
         return None
-    model = request.get("model") or request.get("name")  # Ollama: `name` is the old spelling
-    return model if isinstance(model, str) else None
+    verbose, model, name = request.get("verbose"), request.get("model"), request.get("name")
+    if not (verbose is None or verbose is False) or not all(v is None or isinstance(v, str) for v in (model, name)):
+        return None
+    return model or name or None  # Ollama: `name` is the old spelling
 
 
-def catalog_answer(catalog: dict[str, Any], method: str, route: str, body: bytes, user_agent: str = "") -> StoredResponse | None:
-    """Ollama's answer to this request according to `catalog`, or None to forward it. Pure."""
-    if method in ("GET", "HEAD"):
-        entry = {"/": "root", "/api/version": "version", "/api/tags": "tags"}.get(route)
-        if entry is not None:
-            return _stored(catalog[entry])
-    if method != "GET" and not (method == "POST" and route == "/api/show"):
+def might_answer(method: str, route: str) -> bool:
+    """Could the gateway answer this itself? Decided before anything is read, so a chat
+    never waits on the catalog."""
+    if method in ("GET", "HEAD") and route in _STORED_ROUTES:
+        return True
+    if method == "POST":
+        return route == "/api/show"
+    return method == "GET" and (route in ("/api/ps", "/v1/models") or route.startswith("/v1/models/"))
+
+
+_STORED_ROUTES = {"/": "root", "/api/version": "version", "/api/tags": "tags"}
+
+
+def catalog_answer(catalog: dict[str, Any], method: str, path: str, body: bytes, user_agent: str = "") -> StoredResponse | None:
+    """Ollama's answer to this request according to `catalog`, or None to forward it. Pure.
+
+    Only a path already in the form Ollama's router matches is answered: one with percent
+    escapes, dot segments or a trailing slash is Ollama's to answer (its router redirects
+    or refuses some of them)."""
+    route = route_of(path)
+    if path.partition("?")[0] != route or not might_answer(method, route) or route == "/api/ps":
         return None
+    if route in _STORED_ROUTES:
+        return _stored(catalog[_STORED_ROUTES[route]])
     if route == "/v1/models":
         return _stored(catalog["v1_models"])
     if route == "/api/show":
         asked = _show_request(body, user_agent)
-    elif route.startswith("/v1/models/") and "/" not in route[len("/v1/models/") :]:  # gin's :model is one segment
+    elif "/" not in route[len("/v1/models/") :]:  # gin's :model is one segment
         asked = route[len("/v1/models/") :]
     else:
         return None
@@ -132,12 +153,15 @@ class CatalogBackend:
 
     CATALOG_TTL = 2.0  # seconds a catalog read is reused (bursts of /api/show)
     RUNNING_TTL = 1.5  # seconds an answer about running containers is reused
+    READ_TIMEOUT = 2.0  # seconds a Modal lookup may take before the request is forwarded instead
 
     def __init__(self, backend: Backend, source: CatalogSource | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.source = source
         self.clock = clock
         self._catalog: tuple[float, dict[str, Any]] | None = None
+        self._reading: asyncio.Future[dict[str, Any] | None] | None = None
+        self._generation = 0  # bumped by every store change, so a read that raced one is not kept
         self._running: tuple[float, bool] | None = None
 
     @property
@@ -153,7 +177,7 @@ class CatalogBackend:
         if response.cold_start:
             self._running = (self.clock(), True)  # a container is up now: /api/ps goes to it
         if writes_model_store(request["method"], request["path"]):
-            self._catalog = None  # the backend rewrites the catalog before this completes
+            self.forget_catalog()  # the backend rewrites the catalog before this completes
             return _ForgetsWhenDone(response, self)
         return response
 
@@ -162,30 +186,41 @@ class CatalogBackend:
 
     async def _answer(self, request: RequestFrame) -> StoredResponse | None:
         method, route = request["method"], route_of(request["path"])
-        if method == "GET" and route == "/api/ps":
+        if not might_answer(method, route):
+            return None
+        if route == "/api/ps":
             return None if await self._backend_running() else StoredResponse(200, GIN_JSON, NO_MODELS_RUNNING)
         catalog = await self._read_catalog()
         if catalog is None:
             return None
         user_agent = next((value for name, value in request["headers"] if name.lower() == "user-agent"), "")
         try:
-            return catalog_answer(catalog, method, route, request["body"], user_agent)
-        except (KeyError, TypeError, ValueError) as exc:  # a malformed catalog: forward, and say so
+            return catalog_answer(catalog, method, request["path"], request["body"], user_agent)
+        except Exception as exc:  # noqa: BLE001 (a malformed catalog: forward, and say so)
             log.warning("catalog unusable (%s: %s): forwarding", type(exc).__name__, exc)
             return None
 
     async def _read_catalog(self) -> dict[str, Any] | None:
-        now = self.clock()
-        if self._catalog is not None and now - self._catalog[0] < self.CATALOG_TTL:
+        if self._catalog is not None and self.clock() - self._catalog[0] < self.CATALOG_TTL:
             return self._catalog[1]
+        if self._reading is None:  # one read at a time; a burst shares it
+            self._reading = asyncio.ensure_future(self._fetch_catalog())
+            self._reading.add_done_callback(lambda _: setattr(self, "_reading", None))
+        return await asyncio.shield(self._reading)
+
+    async def _fetch_catalog(self) -> dict[str, Any] | None:
+        started, generation = self.clock(), self._generation
         try:
-            catalog = await self.source.read()
-        except Exception as exc:  # noqa: BLE001 (unreadable means forward)
+            async with asyncio.timeout(self.READ_TIMEOUT):
+                catalog = await self.source.read()
+        except Exception as exc:  # noqa: BLE001 (unreadable or slow means forward)
             log.warning("could not read the catalog (%s: %s): forwarding", type(exc).__name__, exc)
             return None
-        # Only a catalog is kept: without one the request is forwarded, and the backend it
+        # Kept only if no store change began or ended meanwhile (its listing must show it),
+        # and only a catalog: without one the request is forwarded, and the backend it
         # wakes writes one that the very next request must find.
-        self._catalog = (now, catalog) if catalog is not None else None
+        if catalog is not None and generation == self._generation:
+            self._catalog = (started, catalog)
         return catalog
 
     async def _backend_running(self) -> bool:
@@ -193,7 +228,8 @@ class CatalogBackend:
         if self._running is not None and now - self._running[0] < self.RUNNING_TTL:
             return self._running[1]
         try:
-            running = await self.source.backend_running()
+            async with asyncio.timeout(self.READ_TIMEOUT):
+                running = await self.source.backend_running()
         except Exception as exc:  # noqa: BLE001 (unknown means forward)
             log.warning("could not tell whether a backend runs (%s: %s): forwarding /api/ps", type(exc).__name__, exc)
             running = True
@@ -202,6 +238,7 @@ class CatalogBackend:
 
     def forget_catalog(self) -> None:
         self._catalog = None
+        self._generation += 1
 
 
 class _ForgetsWhenDone:

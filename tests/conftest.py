@@ -21,7 +21,7 @@ from proxy.catalog import ModalCatalogSource
 from proxy.transport import Backend, InProcessBackend, RemoteBackend
 from tests.fake_modal import FakeBackendMethod, FakeModalDict
 from tests.fake_ollama import AlreadyRunning
-from tests.ollama_standin import StandinState, create_standin
+from tests.ollama_standin import VERSION, StandinState, create_standin
 
 
 class Served:
@@ -121,11 +121,11 @@ async def make_modal_garden(standin, start_gateway) -> AsyncIterator[Callable[..
 
     async def make(**overrides) -> ModalGarden:
         catalog = FakeModalDict()
-        service = OllamaService(url, ("llama3.2",), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(catalog))
+        service = OllamaService(url, ("llama3.2",), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(catalog, VERSION))
         services.append(service)
         stops = LocalStopSignals()
         method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops), on_ready=service.mark_ready)
-        catalog_source = ModalCatalogSource(DictCatalog(catalog), method)
+        catalog_source = ModalCatalogSource(DictCatalog(catalog, VERSION), method)
         gateway = await start_gateway(RemoteBackend(method.remote_gen.aio, stops), backend_kind="modal", catalog=catalog_source, **overrides)
         return ModalGarden(gateway, state, service, method, catalog, stops)
 

@@ -11,10 +11,12 @@ import aiohttp
 import ollama
 import openai
 import pytest
+from yarl import URL
 
 from backend.catalog import CATALOG_KEY, DictCatalog, build_catalog, refresh
 from proxy.catalog import CatalogBackend, catalog_answer
 from tests.fake_modal import FakeModalDict
+from tests.ollama_standin import VERSION
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -188,10 +190,10 @@ async def test_keys_cors_metrics_and_the_access_log_treat_gateway_answers_alike(
 
     url, _ = standin
     store = FakeModalDict()
-    DictCatalog(store).write(await asyncio.to_thread(build_catalog, url))
+    DictCatalog(store, VERSION).write(await asyncio.to_thread(build_catalog, url))
     method = FakeBackendMethod(lambda request: None)
     gateway = await start_gateway(
-        InProcessBackend(OllamaRelay(url)), gateway_api_keys=("k1",), catalog=ModalCatalogSource(DictCatalog(store), method)
+        InProcessBackend(OllamaRelay(url)), gateway_api_keys=("k1",), catalog=ModalCatalogSource(DictCatalog(store, VERSION), method)
     )
     caplog.set_level(logging.INFO, logger="proxy.access")
     assert (await fetch(http, "GET", gateway + "/ollama/api/tags"))[0] == 401
@@ -241,7 +243,144 @@ async def test_catalog_answer_is_pure_and_forwards_what_it_does_not_know(standin
 async def test_a_catalog_that_cannot_be_rebuilt_is_removed_never_left_stale(standin, caplog):
     url, state = standin
     store = FakeModalDict()
-    catalog = DictCatalog(store)
+    catalog = DictCatalog(store, VERSION)
     assert await asyncio.to_thread(refresh, url, catalog, "test") is True and CATALOG_KEY in store.data
     assert await asyncio.to_thread(refresh, "http://127.0.0.1:9", catalog, "test") is False  # Ollama gone
     assert CATALOG_KEY not in store.data and "catalog not written (test)" in caplog.text
+
+
+# --- What an independent review found ------------------------------------------------
+
+
+async def test_a_chat_never_waits_on_the_catalog(garden, http):
+    await garden.start_backend()
+    reads = garden.catalog.reads
+    async with http.post(garden.url + "/ollama/api/chat", json=CHAT) as response:
+        await response.read()
+    async with http.post(garden.url + "/ollama/api/embed", json={"model": "llama3.2", "input": "x"}) as response:
+        await response.read()
+    assert garden.catalog.reads == reads
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/api/show", {"model": "llama3.2"}),  # Ollama has POST /api/show only
+        ("POST", "/api/show", {"model": "llama3.2", "verbose": 0}),  # Go refuses a number for a bool: a 400
+        ("POST", "/api/show", {"model": "llama3.2", "verbose": ""}),
+        ("POST", "/api/show", {"model": "llama3.2", "name": 5}),
+        ("GET", "/api/tags/", None),  # gin redirects a trailing slash
+        ("GET", "/v1/models/llama3.2/", None),
+        ("GET", "/api/x/%2e%2e/tags", None),  # gin does not resolve encoded dot segments
+        ("GET", "/v1/models/llama3.2%3Alatest", None),
+    ],
+)
+async def test_requests_ollama_would_answer_differently_are_forwarded(garden, http, method, path, body):
+    await garden.start_backend()
+    calls = len(garden.method.calls)
+    async with http.request(method, URL(garden.url + "/ollama" + path, encoded=True), json=body) as response:
+        await response.read()
+    assert len(garden.method.calls) == calls + 1
+    assert garden.method.calls[-1]["path"] == path  # as sent, never normalised
+
+
+async def test_a_catalog_from_another_ollama_release_or_a_malformed_one_is_not_used(garden, http):
+    await garden.start_backend()
+    stored = garden.catalog.get(CATALOG_KEY)
+    garden.catalog.put(CATALOG_KEY, {**stored, "deployed_ollama": "0.1.0"})  # written before an upgrade
+    calls = len(garden.method.calls)
+    await same_as_ollama(http, garden, "GET", "/api/version")
+    assert len(garden.method.calls) == calls + 1
+    garden.catalog.put(CATALOG_KEY, {**stored, "models": ["not", "a", "dict"]})
+    await asyncio.sleep(CatalogBackend.CATALOG_TTL)
+    async with http.post(garden.url + "/ollama/api/show", json={"model": "llama3.2"}) as response:
+        assert response.status == 200  # forwarded, not a 502
+    assert len(garden.method.calls) == calls + 2
+
+
+async def test_a_listing_that_raced_a_store_change_is_not_kept():
+    from proxy.catalog import StoredResponse
+
+    class SlowSource:
+        def __init__(self) -> None:
+            self.catalog = {"root": {"status": 200, "content_type": "text/plain", "body": b"old"}}
+            self.release = asyncio.Event()
+            self.reads = 0
+
+        async def read(self):
+            self.reads += 1
+            seen = dict(self.catalog)
+            await self.release.wait()
+            return seen
+
+        async def backend_running(self):
+            return False
+
+    class Backend:
+        async def open(self, request):
+            return StoredResponse(200, "application/json", b"")
+
+        async def aclose(self):
+            pass
+
+    source = SlowSource()
+    catalogs = CatalogBackend(Backend(), source)
+    listing = asyncio.ensure_future(catalogs.open({"method": "GET", "path": "/", "headers": [], "body": b""}))
+    await asyncio.sleep(0.01)  # the read is in flight
+    deleted = await catalogs.open({"method": "DELETE", "path": "/api/delete", "headers": [], "body": b""})
+    await deleted.send_body(FakeSink())
+    source.catalog = {"root": {"status": 200, "content_type": "text/plain", "body": b"new"}}
+    source.release.set()
+    assert (await listing).body == b"old"  # it was in flight: fine for that one request
+    assert (await catalogs.open({"method": "GET", "path": "/", "headers": [], "body": b""})).body == b"new"  # not kept
+    assert source.reads == 2
+
+
+async def test_a_burst_shares_one_catalog_read_and_a_slow_one_means_forward(monkeypatch):
+    from proxy.catalog import StoredResponse
+
+    class Source:
+        reads = 0
+
+        async def read(self):
+            Source.reads += 1
+            await asyncio.sleep(0.2)
+            return {"root": {"status": 200, "content_type": "text/plain", "body": b"Ollama is running"}}
+
+        async def backend_running(self):
+            return False
+
+    class Backend:
+        calls = 0
+
+        async def open(self, request):
+            Backend.calls += 1
+            return StoredResponse(200, "text/plain", b"forwarded")
+
+        async def aclose(self):
+            pass
+
+    catalogs = CatalogBackend(Backend(), Source())
+    root = {"method": "GET", "path": "/", "headers": [], "body": b""}
+    answers = await asyncio.gather(*(catalogs.open(root) for _ in range(50)))
+    assert {a.body for a in answers} == {b"Ollama is running"} and Source.reads == 1
+    monkeypatch.setattr(CatalogBackend, "READ_TIMEOUT", 0.05)
+    slow = CatalogBackend(Backend(), Source())
+    assert (await slow.open(root)).body == b"forwarded" and Backend.calls == 1
+
+
+async def test_a_copy_changes_the_listing_with_no_further_backend_call(garden, http):
+    await garden.start_backend()
+    async with http.post(garden.url + "/ollama/api/copy", json={"source": "llama3.2", "destination": "mine"}) as response:
+        assert response.status == 200
+    calls = len(garden.method.calls)
+    tags = json.loads(await same_as_ollama(http, garden, "GET", "/api/tags"))
+    assert "mine:latest" in [m["name"] for m in tags["models"]] and len(garden.method.calls) == calls
+
+
+class FakeSink:
+    def write(self, chunk: bytes) -> bool:
+        return True
+
+    async def drain(self) -> None:
+        return None
