@@ -107,21 +107,16 @@ class OllamaBackend:
 
 # --- Warm windows: one GPU container kept up in the hours of OLLAMA_WARM_SCHEDULE -----------
 if settings.ollama_warm_schedule:
-    WARM_CHECK_MINUTES = 5
-
-    @app.function(image=gateway_image, schedule=modal.Period(minutes=WARM_CHECK_MINUTES), timeout=120)
+    # On the clock's 5-minute marks, so a window at 08:30 gets its container at 08:25.
+    @app.function(image=gateway_image, schedule=modal.Cron("*/5 * * * *"), timeout=120)
     def warm_windows() -> None:
         """Set the backend's min_containers from the schedule (Modal's autoscaler does the rest)."""
         from datetime import datetime, timedelta, timezone
 
-        from backend.warm import parse_schedule, wanted_containers
+        from backend.warm import apply_schedule
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        wanted = wanted_containers(
-            parse_schedule(settings.ollama_warm_schedule), datetime.now(timezone.utc), lead=timedelta(minutes=WARM_CHECK_MINUTES)
-        )
-        OllamaBackend().update_autoscaler(min_containers=wanted)  # an override until the next deploy
-        logging.getLogger("warm_windows").info("min_containers=%d (%s)", wanted, settings.ollama_warm_schedule)
+        apply_schedule(settings.ollama_warm_schedule, OllamaBackend(), datetime.now(timezone.utc), lead=timedelta(minutes=5))
 
 
 # --- Gateway: always warm, CPU only -----------------------------------------------------

@@ -97,21 +97,26 @@ class OllamaService:
         hold_last = self.catalog is not None and writes_model_store(request["method"], request["path"])
         held: Frame | None = None
         async with contextlib.aclosing(frames):
-            async for frame in frames:
-                if isinstance(frame, dict):
-                    status = frame["status"]
-                    if self.waited_for_start(request):
-                        frame = {**frame, "cold_start": True}
-                if hold_last:
-                    frame, held = held, frame
-                    if frame is None:
-                        continue
-                yield frame
+            try:
+                async for frame in frames:
+                    if isinstance(frame, dict):
+                        status = frame["status"]
+                        if self.waited_for_start(request):
+                            frame = {**frame, "cold_start": True}
+                    if hold_last:
+                        frame, held = held, frame
+                        if frame is None:
+                            continue
+                    yield frame
+            except Exception:
+                if held is not None:  # what Ollama sent before it failed still goes out, then the error
+                    yield held
+                raise
         stopped = stop is not None and stop.done() and not stop.cancelled()
         if not stopped and changes_model_store(request["method"], request["path"], status):
+            self.store_changed()  # first: a client that leaves now must not cost the commit
             if self.catalog is not None:
                 await asyncio.to_thread(self.refresh_catalog, f"after {request['method']} {request['path'].partition('?')[0]}")
-            self.store_changed()
         if held is not None:
             yield held
 
@@ -150,7 +155,11 @@ class OllamaService:
         try:
             self.commit()
         except Exception as exc:  # noqa: BLE001 (a reload fails while Ollama holds a model file open)
-            log.warning("volume commit (%s) failed: %s: %s; Modal commits again when the container exits", reason, type(exc).__name__, exc)
+            # Modal's commit() reloads the volume after committing: this may be that reload.
+            log.warning(
+                "volume commit (%s) or its reload failed: %s: %s; Modal commits again when the container exits",
+                reason, type(exc).__name__, exc,
+            )  # fmt: skip
             return
         log.info("volume committed (%s) in %.1fs", reason, time.monotonic() - started)
 

@@ -8,16 +8,21 @@ Windows are `DAYS HH:MM-HH:MM`, separated by commas, in one IANA time zone given
 before the start runs past midnight (`Fri 22:00-02:00`), and `24:00` ends a day. Times
 are wall-clock times in that zone, so a window follows daylight saving time.
 
-A Modal cron function (app.py) asks `wanted_containers()` every few minutes and sets the
-backend's `min_containers` to it: Modal's own autoscaler keeps the container up.
+A Modal cron function (app.py) runs `apply_schedule()` every 5 minutes, on the clock's
+5-minute marks: it sets the backend's `min_containers` to what the schedule wants, and
+Modal's own autoscaler keeps the container up.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+log = logging.getLogger(__name__)
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _WINDOW = re.compile(r"(?P<days>[A-Za-z]{3}(?:-[A-Za-z]{3})?)\s+(?P<start>\d{1,2}:\d{2})-(?P<end>\d{1,2}:\d{2})")
@@ -103,3 +108,14 @@ def wanted_containers(schedule: Schedule, now: datetime, lead: timedelta = timed
     """1 if a container should be up now or within `lead` (the cron's period: a window's
     container starts before the window does), else 0."""
     return 1 if schedule.is_warm(now) or schedule.is_warm(now + lead) else 0
+
+
+def apply_schedule(schedule: str, backend: Any, now: datetime, lead: timedelta) -> int:
+    """Set `backend`'s (an `OllamaBackend()` instance's) min_containers for `now`.
+
+    `update_autoscaler` on a Cls instance is modal 1.6's way; the override lasts until the
+    next deploy, and the cron sets it again within minutes."""
+    wanted = wanted_containers(parse_schedule(schedule), now, lead)
+    backend.update_autoscaler(min_containers=wanted)
+    log.info("warm windows %r: min_containers=%d", schedule, wanted)
+    return wanted

@@ -7,6 +7,7 @@ Never anything else (no prompt, no images): these two decide how a request is an
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 NDJSON = "application/x-ndjson"  # Ollama's native streams
@@ -24,17 +25,39 @@ class BodyFacts:
     stream: bool | None = None  # the "stream" field, when it is a boolean
 
 
+# A body larger than this (images, long contexts) is not parsed into objects: its two
+# fields are found by a scan, so a 100 MB body costs no tree and no long pause.
+PARSE_LIMIT = 64 * 1024
+# In JSON a quote inside a string is escaped, so `"stream"` followed by a colon can only be
+# a key (top level or nested: the last one wins, as in Go's decoder for a repeated key).
+_STREAM_KEY = re.compile(rb'"stream"\s*:\s*(true|false)')
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*"([^"\\]{1,200})"')
+
+
+def _field(parsed: dict, name: str) -> object:
+    """`parsed[name]` as Go's encoding/json finds it: the exact key, else one that differs in case."""
+    if name in parsed:
+        return parsed[name]
+    return next((value for key, value in parsed.items() if isinstance(key, str) and key.lower() == name), None)
+
+
 def body_facts(body: bytes, content_type: str = "") -> BodyFacts:
     """The facts of a JSON object body; `BodyFacts()` for anything else (Ollama's to refuse)."""
     if not body or ("json" not in content_type and not body.lstrip().startswith(b"{")):
         return BodyFacts()
+    if len(body) > PARSE_LIMIT:
+        if not body.lstrip().startswith(b"{"):
+            return BodyFacts()
+        streams = _STREAM_KEY.findall(body)
+        model = _MODEL_KEY.search(body)
+        return BodyFacts(True, model and model.group(1).decode("utf-8", "replace"), streams[-1] == b"true" if streams else None)
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's limit
         return BodyFacts()
     if not isinstance(parsed, dict):
         return BodyFacts()
-    model, stream = parsed.get("model"), parsed.get("stream")
+    model, stream = _field(parsed, "model"), _field(parsed, "stream")
     return BodyFacts(True, model[:200] if isinstance(model, str) else None, stream if isinstance(stream, bool) else None)
 
 

@@ -22,7 +22,6 @@ from proxy.transport import Backend, BackendResponse
 log = logging.getLogger(__name__)
 
 EXCHANGE = web.RequestKey("exchange", Exchange)  # filled here, recorded by the observe middleware
-INLINE_PARSE_LIMIT = 256 * 1024  # larger bodies are parsed in a worker thread
 KEEPALIVE_INTERVAL = 5.0  # seconds between keep-alive bytes while a stream waits for the backend
 _PATH = web.RequestKey("upstream_path", str)
 
@@ -169,8 +168,7 @@ class Forwarder:
         except RequestPayloadError as exc:  # its framing broke (proxy.server.GatewayRequestHandler)
             exchange.error = "bad_request"
             return await answer_and_close(request, error_response(400, str(exc), family))
-        # A large body (images) is parsed off the event loop, so other streams do not stall.
-        facts = body_facts(body, request.content_type) if len(body) <= INLINE_PARSE_LIMIT else await asyncio.to_thread(body_facts, body, request.content_type)
+        facts = body_facts(body, request.content_type)
         exchange.model = facts.model
         frame = request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
         streams_as = stream_content_type(request.method, route_of(path), facts)
@@ -249,8 +247,7 @@ class Forwarder:
             exchange.backend_head = time.perf_counter()
             exchange.served_by = upstream.served_by
             exchange.cold_start = upstream.cold_start
-            if upstream.status >= 400:
-                exchange.status = upstream.status
+            if not 200 <= upstream.status < 300:  # a 2xx stream or nothing: the client has a 200 head
                 exchange.error = "backend_error_in_band"
                 message = await read_error_message(upstream)
                 return await self._end_in_band(response, body, message, upstream.status, exchange)

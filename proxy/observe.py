@@ -43,8 +43,6 @@ _FAMILIES = {
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
 
-MAX_MODEL_SNIFF_BYTES = 64 * 1024  # larger bodies (images, long prompts) are not parsed
-
 
 def path_family(path: str) -> str:
     """`/api/chat?x` -> `api/chat`; `/v1/models/llama3` -> `v1/models`; unknown -> `other`."""
@@ -56,18 +54,6 @@ def path_family(path: str) -> str:
     if route.startswith("/api/blobs/"):
         return "api/blobs"
     return "other"
-
-
-def model_of(body: bytes, content_type: str) -> str | None:
-    """The `model` field of a small JSON body; never anything else from it."""
-    if not body or len(body) > MAX_MODEL_SNIFF_BYTES or ("json" not in content_type and not body.startswith(b"{")):
-        return None
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past Python's limit: Ollama's to answer
-        return None
-    model = parsed.get("model") if isinstance(parsed, dict) else None
-    return model[:200] if isinstance(model, str) else None
 
 
 @dataclass

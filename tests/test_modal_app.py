@@ -156,7 +156,7 @@ print(json.dumps(None if info is None else {"schedule": str(info.schedule), "gpu
 
     assert read() is None  # no schedule, no function: the GPU scales to zero as before
     wired = read(OLLAMA_WARM_SCHEDULE="Mon-Fri 08:30-18:00 Europe/Berlin")
-    assert wired == {"schedule": "Period(minutes=5)", "gpus": []}
+    assert wired == {"schedule": "Cron('*/5 * * * *', UTC)", "gpus": []}
 
 
 def test_an_invalid_warm_schedule_fails_at_import_naming_the_variable():

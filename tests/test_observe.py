@@ -12,7 +12,7 @@ from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.relay import OllamaRelay
-from proxy.observe import model_of, path_family
+from proxy.observe import path_family
 from proxy.transport import InProcessBackend
 
 KEY = "sk-observe-secret"
@@ -37,15 +37,6 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": SECRET_PRO
 )
 def test_path_family(path, family):
     assert path_family(path) == family
-
-
-def test_model_of_reads_only_the_model_of_small_json():
-    assert model_of(json.dumps(CHAT).encode(), "application/json") == "llama3.2"
-    assert model_of(b'{"model": "m"}', "") == "m"  # curl -d sends form content type
-    assert model_of(json.dumps({**CHAT, "images": ["A" * 70000]}).encode(), "application/json") is None
-    assert model_of(b"{oops", "application/json") is None
-    assert model_of(b'["model"]', "application/json") is None
-    assert model_of(b"", "application/json") is None
 
 
 @pytest.fixture

@@ -124,7 +124,7 @@ async def test_a_failed_commit_is_logged_and_breaks_no_stream(standin, caplog):
     frames = [f async for f in service.proxy(request_frame("POST", "/api/pull", [], b'{"model": "qwen3:0.6b"}'))]
     await service.settle()
     assert frames[0]["status"] == 200 and b'"success"' in frames[-1]
-    assert "volume commit (after an API store change) failed: RuntimeError" in caplog.text
+    assert "volume commit (after an API store change) or its reload failed: RuntimeError" in caplog.text
     assert "Modal commits again when the container exits" in caplog.text
     await service.relay.aclose()
 
@@ -138,4 +138,51 @@ async def test_a_failed_commit_at_start_is_logged_and_the_container_still_serves
 
     service = OllamaService(url, ("qwen3:0.6b",), commit=failing_commit, server=AlreadyRunning())
     await asyncio.to_thread(service.start)
-    assert "volume commit (qwen3:0.6b) failed" in caplog.text and "model qwen3:0.6b loaded in" in caplog.text
+    assert "volume commit (qwen3:0.6b) or its reload failed" in caplog.text and "model qwen3:0.6b loaded in" in caplog.text
+
+
+async def test_a_store_change_that_breaks_still_sends_what_it_had_then_fails(standin):
+    from backend.catalog import DictCatalog
+    from tests.fake_modal import FakeModalDict
+    from tests.ollama_standin import VERSION
+
+    url, state = standin
+    state.die_after = 3  # Ollama dies after three progress lines
+    service = OllamaService(url, (), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(FakeModalDict(), VERSION))
+    frames = []
+    with pytest.raises(Exception, match="ended early"):
+        async for frame in service.proxy(request_frame("POST", "/api/pull", [], b'{"model": "qwen3:0.6b"}')):
+            frames.append(frame)
+    assert frames[0]["status"] == 200 and b"".join(frames[1:]).count(b"\n") == 3  # the held line too
+    await service.relay.aclose()
+
+
+async def test_a_client_that_leaves_while_the_catalog_is_rebuilt_does_not_cost_the_commit(standin, monkeypatch):
+    import threading
+
+    from backend.catalog import DictCatalog
+    from tests.fake_modal import FakeModalDict
+    from tests.ollama_standin import VERSION
+
+    url, _ = standin
+    commits, rebuilding, release = [], threading.Event(), threading.Event()
+    service = OllamaService(url, (), commit=lambda: commits.append(1), server=AlreadyRunning(), catalog=DictCatalog(FakeModalDict(), VERSION))
+
+    def slow_refresh(reason):
+        rebuilding.set()
+        release.wait(5)
+
+    monkeypatch.setattr(service, "refresh_catalog", slow_refresh)
+
+    async def pull():
+        async for _ in service.proxy(request_frame("DELETE", "/api/delete", [], b'{"model": "llama3.2"}')):
+            pass
+
+    task = asyncio.ensure_future(pull())
+    await asyncio.to_thread(rebuilding.wait, 5)
+    task.cancel()  # the Modal input is cancelled mid-rebuild
+    release.set()
+    await asyncio.gather(task, return_exceptions=True)
+    await service.settle()
+    assert commits == [1]
+    await service.relay.aclose()

@@ -91,3 +91,29 @@ def test_config_refuses_a_bad_schedule_naming_the_variable():
 def test_an_aware_time_is_required():
     with pytest.raises(ValueError, match="aware"):
         BERLIN_OFFICE.is_warm(datetime(2026, 1, 5, 8, 30))
+
+
+def test_apply_schedule_sets_min_containers_on_the_backend_instance():
+    from backend.warm import apply_schedule
+
+    class Backend:  # OllamaBackend(): update_autoscaler on a Cls instance, as modal 1.6 has it
+        def __init__(self) -> None:
+            self.calls: list[dict] = []
+
+        def update_autoscaler(self, *, min_containers=None, max_containers=None, scaledown_window=None, buffer_containers=None):
+            self.calls.append({"min_containers": min_containers})
+
+    backend = Backend()
+    schedule = "Mon-Fri 08:30-18:00 Europe/Berlin"
+    assert apply_schedule(schedule, backend, utc("2026-01-05T07:25:00"), timedelta(minutes=5)) == 1  # 08:25 in Berlin
+    assert apply_schedule(schedule, backend, utc("2026-01-05T17:00:00"), timedelta(minutes=5)) == 0
+    assert backend.calls == [{"min_containers": 1}, {"min_containers": 0}]
+
+
+def test_windows_over_the_missing_and_the_repeated_hour():
+    night = parse_schedule("Sun 02:00-03:00 Europe/Berlin")
+    assert not night.is_warm(utc("2026-03-29T00:59:00"))  # 01:59 CET; 02:00-03:00 does not exist that night
+    assert not night.is_warm(utc("2026-03-29T01:00:00"))  # 03:00 CEST
+    assert night.is_warm(utc("2026-10-25T00:30:00"))  # 02:30 CEST, the first time
+    assert night.is_warm(utc("2026-10-25T01:30:00"))  # 02:30 CET, the second time
+    assert not night.is_warm(utc("2026-10-25T02:00:00"))  # 03:00 CET
