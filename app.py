@@ -12,7 +12,7 @@ from pathlib import Path
 
 import modal
 
-from config import APP_NAME, MODAL_WEB_FIRST_BYTE_LIMIT, forwarded_env, settings
+from config import APP_NAME, DEFAULT_POOL, MODAL_WEB_FIRST_BYTE_LIMIT, Pool, forwarded_env, settings
 
 app = modal.App(APP_NAME)
 
@@ -60,18 +60,11 @@ BACKEND_OLLAMA_URL = "http://127.0.0.1:11434"
 
 
 # --- Backend: Ollama on a GPU, scales to zero -------------------------------------------
-@app.cls(
-    image=backend_image,
-    gpu=settings.ollama_gpu,
-    volumes={MODELS_DIR: models_volume},
-    scaledown_window=settings.ollama_scaledown,
-    timeout=settings.ollama_timeout,
-    startup_timeout=settings.ollama_startup_timeout,  # the first start pulls the models
-    max_containers=settings.ollama_max_containers,  # a ceiling on GPUs (and on concurrent pulls)
-    # No retries: a retried generator restarts and would splice two generations.
-)
-@modal.concurrent(max_inputs=settings.ollama_max_inputs)
-class OllamaBackend:
+class GardenBackend:
+    """Ollama on a GPU for one pool's models (see `backend_class` below)."""
+
+    pool_name = DEFAULT_POOL
+
     @modal.enter()
     def start(self) -> None:
         from backend.catalog import DictCatalog
@@ -87,9 +80,9 @@ class OllamaBackend:
                 "OLLAMA_KEEP_ALIVE": "-1",  # stay loaded; Modal's scaledown decides when to stop
             },
         )
-        self.service = OllamaService(
-            BACKEND_OLLAMA_URL, settings.ollama_model_list, commit=models_volume.commit, server=server, catalog=DictCatalog(catalog_dict, settings.ollama_version)
-        )
+        models = next(pool.models for pool in settings.ollama_pools if pool.name == self.pool_name)  # only its own
+        catalog = DictCatalog(catalog_dict, settings.ollama_version)
+        self.service = OllamaService(BACKEND_OLLAMA_URL, models, commit=models_volume.commit, server=server, catalog=catalog)
         self.service.start()
 
     @modal.method()
@@ -105,6 +98,33 @@ class OllamaBackend:
         self.service.stop()
 
 
+def backend_class(pool: Pool) -> modal.Cls:
+    """The GPU class of one pool: its own containers, autoscaling and scale-down on Modal.
+
+    One class per pool (not `with_options` variants or `modal.parameter()` pools of one
+    class): each is deployed by `modal deploy` with its own GPU, shows in `.info()` and in
+    Modal's dashboard, and is found again by name in its container (hence `globals()`).
+    """
+    cls = type(pool.class_name, (GardenBackend,), {"pool_name": pool.name, "__module__": __name__, "__qualname__": pool.class_name})
+    cls = modal.concurrent(max_inputs=settings.ollama_max_inputs)(cls)
+    return app.cls(
+        image=backend_image,
+        gpu=pool.gpu,
+        volumes={MODELS_DIR: models_volume},  # every pool shares the one model store
+        scaledown_window=settings.ollama_scaledown,
+        timeout=settings.ollama_timeout,
+        startup_timeout=settings.ollama_startup_timeout,  # the first start pulls the models
+        max_containers=settings.ollama_max_containers,  # a ceiling on GPUs (and on concurrent pulls)
+        # No retries: a retried generator restarts and would splice two generations.
+    )(cls)
+
+
+# One class per GPU pool of OLLAMA_MODEL_LIST (`model@GPU`); by default just OllamaBackend.
+backend_classes = {pool.name: backend_class(pool) for pool in settings.ollama_pools}
+globals().update({pool.class_name: backend_classes[pool.name] for pool in settings.ollama_pools})
+OllamaBackend = backend_classes[DEFAULT_POOL]
+
+
 # --- Warm windows: one GPU container kept up in the hours of OLLAMA_WARM_SCHEDULE -----------
 if settings.ollama_warm_schedule:
     # On the clock's 5-minute marks, so a window at 08:30 gets its container at 08:25.
@@ -116,7 +136,8 @@ if settings.ollama_warm_schedule:
         from backend.warm import apply_schedule
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        apply_schedule(settings.ollama_warm_schedule, OllamaBackend(), datetime.now(timezone.utc), lead=timedelta(minutes=5))
+        for backend in backend_classes.values():  # every pool is warm in the windows
+            apply_schedule(settings.ollama_warm_schedule, backend(), datetime.now(timezone.utc), lead=timedelta(minutes=5))
 
 
 # --- Gateway: always warm, CPU only -----------------------------------------------------
@@ -146,15 +167,20 @@ def gateway() -> None:
     from backend.cancel import QueueStopSignals
     from backend.catalog import DictCatalog
     from proxy.app import create_app
-    from proxy.catalog import ModalCatalogSource
+    from proxy.catalog import containers_up
+    from proxy.pools import PoolRoute, PoolRouter
     from proxy.server import serve_in_thread
     from proxy.transport import RemoteBackend
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    method = OllamaBackend().proxy
-    backend = RemoteBackend(method.remote_gen.aio, QueueStopSignals(stop_queue))
-    # Metadata from the catalog; /api/ps from the method's stats (no input, no container).
-    catalog = ModalCatalogSource(DictCatalog(catalog_dict, settings.ollama_version), method)
+    stops = QueueStopSignals(stop_queue)
+    routes = []
+    for pool in settings.ollama_pools:  # each model's requests to its pool's GPU class
+        method = backend_classes[pool.name]().proxy
+        # /api/ps asks Modal which pools have a container up (no input, no container started).
+        routes.append(PoolRoute(pool.name, RemoteBackend(method.remote_gen.aio, stops), pool.models, containers_up(method)))
+    backend = PoolRouter(routes, default=DEFAULT_POOL)
+    catalog = DictCatalog(catalog_dict, settings.ollama_version)  # metadata answered without a GPU
     # A thread of this process, not a subprocess, so the server can call OllamaBackend.
     # Modal cuts a response that has not started within 150 s: a request that does not
     # stream gets its 504 first (streams get an early head from the gateway instead).

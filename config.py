@@ -8,6 +8,7 @@ the first request.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -80,15 +81,72 @@ def _origins(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return origins
 
 
+GPU_ACCEPTED = f"a Modal GPU type ({', '.join(MODAL_GPU_TYPES)}), optionally ':N' for N GPUs"
+
+
+def _valid_gpu(raw: str) -> bool:
+    kind, _, count = raw.partition(":")
+    return kind.upper() in MODAL_GPU_TYPES and (not count or (count.isdigit() and int(count) >= 1))
+
+
 def _gpu(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, default).strip()
-    accepted = f"a Modal GPU type ({', '.join(MODAL_GPU_TYPES)}), optionally ':N' for N GPUs"
     if not raw:
-        raise ConfigError(f"{name} is empty: expected {accepted}")
-    kind, _, count = raw.partition(":")
-    if kind.upper() not in MODAL_GPU_TYPES or (count and not (count.isdigit() and int(count) >= 1)):
-        raise ConfigError(f"{name}={raw!r}: expected {accepted}")
+        raise ConfigError(f"{name} is empty: expected {GPU_ACCEPTED}")
+    if not _valid_gpu(raw):
+        raise ConfigError(f"{name}={raw!r}: expected {GPU_ACCEPTED}")
     return raw
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The models that run on one kind of GPU: their own GPU containers on Modal (their
+    own class, autoscaling and scale-down), sharing the models volume."""
+
+    name: str  # "default" (OLLAMA_GPU), else the GPU in lower case: "l4", "a100-80gb", "h100x2"
+    gpu: str
+    models: tuple[str, ...]
+
+    @property
+    def class_name(self) -> str:
+        """The Modal class that serves this pool (the default keeps the name it always had)."""
+        return "OllamaBackend" if self.name == DEFAULT_POOL else "OllamaBackend_" + re.sub(r"[^A-Za-z0-9]", "_", self.gpu.upper())
+
+
+DEFAULT_POOL = "default"
+
+
+def _gpu_key(gpu: str) -> str:
+    kind, _, count = gpu.partition(":")
+    return kind.upper() + (f":{int(count)}" if count and int(count) > 1 else "")
+
+
+def _pools(entries: tuple[str, ...], default_gpu: str) -> tuple[Pool, ...]:
+    """`qwen3:8b@L4,llama3.2` -> the default pool (OLLAMA_GPU) and one pool per other GPU."""
+    from backend.names import parse_name
+
+    by_gpu: dict[str, list[str]] = {_gpu_key(default_gpu): []}
+    gpu_of: dict[str, str] = {_gpu_key(default_gpu): default_gpu}
+    pool_of_model: dict[str, str] = {}
+    for entry in entries:
+        model, at, gpu = entry.rpartition("@") if "@" in entry else (entry, "", "")
+        model, gpu = model.strip(), gpu.strip()
+        if at and not _valid_gpu(gpu):
+            raise ConfigError(f"OLLAMA_MODEL_LIST: {entry!r} names the GPU {gpu!r}: expected model@GPU with {GPU_ACCEPTED}")
+        parsed = parse_name(model)
+        if parsed is None:
+            raise ConfigError(f"OLLAMA_MODEL_LIST: {model!r} is not an Ollama model name (such as llama3.2 or qwen3:8b)")
+        key = _gpu_key(gpu) if at else _gpu_key(default_gpu)
+        gpu_of.setdefault(key, gpu)
+        if pool_of_model.setdefault(parsed.key, key) != key:
+            raise ConfigError(f"OLLAMA_MODEL_LIST: {model!r} is in two pools ({gpu_of[pool_of_model[parsed.key]]} and {gpu_of[key]}): give each model one GPU")
+        if model not in by_gpu.setdefault(key, []):
+            by_gpu[key].append(model)
+    default_key = _gpu_key(default_gpu)
+    return tuple(
+        Pool(DEFAULT_POOL if key == default_key else key.lower().replace(":", "x"), gpu_of[key], tuple(models))
+        for key, models in by_gpu.items()
+    )
 
 
 def _ollama_url(raw: str) -> str:
@@ -119,7 +177,9 @@ class Settings:
     ollama_max_inputs: int = 8
     ollama_max_containers: int = 1
     ollama_startup_timeout: int = 3600
-    ollama_model_list: tuple[str, ...] = ("glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M")
+    ollama_model_list: tuple[str, ...] = ("glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M")  # names, without @GPU
+    # From OLLAMA_MODEL_LIST's model@GPU entries; the default pool (OLLAMA_GPU) first.
+    ollama_pools: tuple[Pool, ...] = field(default_factory=lambda: (Pool(DEFAULT_POOL, "A100-40GB", ("glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M")),))
     ollama_warm_schedule: str = ""  # hours with one GPU container kept up (backend/warm.py)
     ollama_url: str = "http://127.0.0.1:11434"
     models_volume: str = "ollama-models"
@@ -149,7 +209,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     version = env.get("OLLAMA_VERSION", defaults.ollama_version).strip().lstrip("v")
     if not version or not all(part.isdigit() for part in version.split(".")):
         raise ConfigError(f"OLLAMA_VERSION={version!r}: expected a release number such as 0.30.3")
-    models = _list(env, "OLLAMA_MODEL_LIST", ",".join(defaults.ollama_model_list))
+    entries = _list(env, "OLLAMA_MODEL_LIST", ",".join(defaults.ollama_model_list))
+    gpu = _gpu(env, "OLLAMA_GPU", defaults.ollama_gpu)
+    pools = _pools(entries, gpu)
+    models = tuple(model for pool in pools for model in pool.models)
     warm = env.get("OLLAMA_WARM_SCHEDULE", "").strip()
     if warm:
         try:
@@ -157,7 +220,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except ScheduleError as exc:
             raise ConfigError(f"OLLAMA_WARM_SCHEDULE={warm!r}: {exc}; expected windows such as {WARM_EXAMPLE!r}") from None
     return Settings(
-        ollama_gpu=_gpu(env, "OLLAMA_GPU", defaults.ollama_gpu),
+        ollama_gpu=gpu,
         ollama_version=version,
         ollama_scaledown=_int(env, "OLLAMA_SCALEDOWN", defaults.ollama_scaledown, *MODAL_SCALEDOWN_RANGE),
         ollama_timeout=_int(env, "OLLAMA_TIMEOUT", defaults.ollama_timeout, 10, MODAL_MAX_TIMEOUT),
@@ -165,6 +228,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ollama_max_containers=_int(env, "OLLAMA_MAX_CONTAINERS", defaults.ollama_max_containers, 1, 100),
         ollama_startup_timeout=_int(env, "OLLAMA_STARTUP_TIMEOUT", defaults.ollama_startup_timeout, 60, MODAL_MAX_TIMEOUT),
         ollama_model_list=models,
+        ollama_pools=pools,
         ollama_warm_schedule=warm,
         ollama_url=_ollama_url(env.get("OLLAMA_HOST", "")),
         gateway_port=_int(env, "GATEWAY_PORT", defaults.gateway_port, 1, 65535),

@@ -60,7 +60,8 @@ class UpstreamResponse:
     """
 
     served_by = "backend"
-    cold_start = False  # set by whoever knows (proxy.catalog asks Modal)
+    cold_start = False  # set by whoever knows (the remote transport, from the backend)
+    pool = ""  # set by proxy.pools
 
     def __init__(self, relay: OllamaRelay, connection: Http1Connection, status: int, headers: Headers) -> None:
         self.status = status

@@ -61,7 +61,8 @@ async def replay(with_catalog: bool) -> dict:
     from backend.service import OllamaService
     from config import Settings
     from proxy.app import create_app
-    from proxy.catalog import ModalCatalogSource
+    from proxy.catalog import containers_up
+    from proxy.pools import PoolRoute, PoolRouter
     from proxy.transport import RemoteBackend
     from tests.conftest import serve, serve_gateway
     from tests.fake_modal import FakeBackendMethod, FakeModalDict
@@ -76,8 +77,11 @@ async def replay(with_catalog: bool) -> dict:
     stops = LocalStopSignals()
     method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops))
     method.scale_to_zero()
-    source = ModalCatalogSource(DictCatalog(store, VERSION), method) if with_catalog else None
-    gateway = await serve_gateway(create_app(RemoteBackend(method.remote_gen.aio, stops), Settings(), backend_kind="modal", catalog=source))
+    remote = RemoteBackend(method.remote_gen.aio, stops)
+    # Before: every request forwarded. After: metadata from the catalog, /api/ps from Modal's stats.
+    backend = PoolRouter([PoolRoute("default", remote, ("llama3.2",), containers_up(method) if with_catalog else None)])
+    source = DictCatalog(store, VERSION) if with_catalog else None
+    gateway = await serve_gateway(create_app(backend, Settings(), backend_kind="modal", catalog=source))
     call_times: list[float] = []
     events = idle_hour()
     try:

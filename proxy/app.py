@@ -189,6 +189,7 @@ def health_report(settings: Settings, backend_kind: str, local: dict | None = No
     backend = local if local is not None else {
         "gpu": settings.ollama_gpu,
         "models": list(settings.ollama_model_list),
+        "pools": [{"name": pool.name, "gpu": pool.gpu, "models": list(pool.models)} for pool in settings.ollama_pools],
         "ollama_version": settings.ollama_version,
     }
     return {

@@ -2,8 +2,8 @@
 
 `CatalogBackend` is a `Backend` in front of the real one: it answers `GET`/`HEAD /`,
 `/api/version`, `/api/tags`, `POST /api/show` and `GET /v1/models[/<model>]` from the
-catalog the backend wrote (`backend.catalog`), `GET /api/ps` from Modal's count of
-running containers, and forwards everything else. Its answers go through the same
+catalog the backend wrote (`backend.catalog`), and forwards everything else (`/api/ps`
+is answered by `proxy.pools`, which knows which GPU containers are up). Its answers go through the same
 forwarder as any response: keys, read-only mode, CORS, metrics and the access log treat
 them alike, marked `served_by: gateway`.
 
@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from backend.http1 import BodySink
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 ANSWERED_HERE = (
     "GET /", "HEAD /", "GET /api/version", "HEAD /api/version", "GET /api/tags", "HEAD /api/tags",
     "POST /api/show", "GET /v1/models", "GET /v1/models/{model}", "GET /api/ps (while no GPU container runs)",
-)  # fmt: skip
+)  # fmt: skip (the last one by proxy.pools)
 
 GIN_JSON = "application/json; charset=utf-8"  # Ollama's native handlers (gin's c.JSON)
 OPENAI_JSON = "application/json"  # Ollama's OpenAI writers (json.NewEncoder: a trailing newline)
@@ -47,16 +47,13 @@ class CatalogSource(Protocol):
         """The catalog, or None if there is none (or it cannot be read)."""
         ...
 
-    async def backend_running(self) -> bool:
-        """True if a backend container is up (or it cannot be told): then /api/ps is forwarded."""
-        ...
-
 
 class StoredResponse:
     """An answer the gateway has in hand: status, headers and the whole (small) body."""
 
     served_by = "gateway"
     cold_start = False
+    pool = ""
 
     def __init__(self, status: int, content_type: str, body: bytes) -> None:
         self.status = status
@@ -106,7 +103,7 @@ def might_answer(method: str, route: str) -> bool:
         return True
     if method == "POST":
         return route == "/api/show"
-    return method == "GET" and (route in ("/api/ps", "/v1/models") or route.startswith("/v1/models/"))
+    return method == "GET" and (route == "/v1/models" or route.startswith("/v1/models/"))
 
 
 _STORED_ROUTES = {"/": "root", "/api/version": "version", "/api/tags": "tags"}
@@ -119,7 +116,7 @@ def catalog_answer(catalog: dict[str, Any], method: str, path: str, body: bytes,
     escapes, dot segments or a trailing slash is Ollama's to answer (its router redirects
     or refuses some of them)."""
     route = route_of(path)
-    if path.partition("?")[0] != route or not might_answer(method, route) or route == "/api/ps":
+    if path.partition("?")[0] != route or not might_answer(method, route):
         return None
     if route in _STORED_ROUTES:
         return _stored(catalog[_STORED_ROUTES[route]])
@@ -152,8 +149,7 @@ class CatalogBackend:
     """A `Backend` that answers metadata from a `CatalogSource` and forwards the rest."""
 
     CATALOG_TTL = 2.0  # seconds a catalog read is reused (bursts of /api/show)
-    RUNNING_TTL = 1.5  # seconds an answer about running containers is reused
-    READ_TIMEOUT = 2.0  # seconds a Modal lookup may take before the request is forwarded instead
+    READ_TIMEOUT = 2.0  # seconds a Dict read may take before the request is forwarded instead
 
     def __init__(self, backend: Backend, source: CatalogSource | None, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
@@ -162,7 +158,6 @@ class CatalogBackend:
         self._catalog: tuple[float, dict[str, Any]] | None = None
         self._reading: asyncio.Future[dict[str, Any] | None] | None = None
         self._generation = 0  # bumped by every store change, so a read that raced one is not kept
-        self._running: tuple[float, bool] | None = None
 
     @property
     def answered_here(self) -> tuple[str, ...]:
@@ -174,8 +169,6 @@ class CatalogBackend:
             if answer is not None:
                 return answer
         response = await self.backend.open(request)
-        if response.cold_start:
-            self._running = (self.clock(), True)  # a container is up now: /api/ps goes to it
         if writes_model_store(request["method"], request["path"]):
             self.forget_catalog()  # the backend rewrites the catalog before this completes
             return _ForgetsWhenDone(response, self)
@@ -188,8 +181,6 @@ class CatalogBackend:
         method, route = request["method"], route_of(request["path"])
         if not might_answer(method, route):
             return None
-        if route == "/api/ps":
-            return None if await self._backend_running() else StoredResponse(200, GIN_JSON, NO_MODELS_RUNNING)
         catalog = await self._read_catalog()
         if catalog is None:
             return None
@@ -223,19 +214,6 @@ class CatalogBackend:
             self._catalog = (started, catalog)
         return catalog
 
-    async def _backend_running(self) -> bool:
-        now = self.clock()
-        if self._running is not None and now - self._running[0] < self.RUNNING_TTL:
-            return self._running[1]
-        try:
-            async with asyncio.timeout(self.READ_TIMEOUT):
-                running = await self.source.backend_running()
-        except Exception as exc:  # noqa: BLE001 (unknown means forward)
-            log.warning("could not tell whether a backend runs (%s: %s): forwarding /api/ps", type(exc).__name__, exc)
-            running = True
-        self._running = (now, running)
-        return running
-
     def forget_catalog(self) -> None:
         self._catalog = None
         self._generation += 1
@@ -252,6 +230,7 @@ class _ForgetsWhenDone:
         self.headers = response.headers
         self.served_by = response.served_by
         self.cold_start = response.cold_start
+        self.pool = response.pool
 
     async def send_body(self, sink: BodySink) -> None:
         try:
@@ -263,17 +242,13 @@ class _ForgetsWhenDone:
         await self._response.aclose()
 
 
-class ModalCatalogSource:
-    """The catalog in a `modal.Dict`; running containers from `get_current_stats()` of the
-    backend's method, which neither creates an input nor starts a container."""
+def containers_up(method: Any) -> Callable[[], Awaitable[bool]]:
+    """Is a GPU container of this class up? From `get_current_stats()` of its method
+    (`OllamaBackend().proxy`): one control-plane call that neither creates an input nor
+    starts a container."""
 
-    def __init__(self, catalog: Any, method: Any) -> None:
-        self.catalog = catalog  # backend.catalog.DictCatalog
-        self.method = method  # OllamaBackend().proxy
-
-    async def read(self) -> dict[str, Any] | None:
-        return await self.catalog.read()
-
-    async def backend_running(self) -> bool:
-        stats = await self.method.get_current_stats.aio()
+    async def up() -> bool:
+        stats = await method.get_current_stats.aio()
         return stats.num_total_runners > 0
+
+    return up

@@ -247,6 +247,7 @@ class Forwarder:
             exchange.backend_head = time.perf_counter()
             exchange.served_by = upstream.served_by
             exchange.cold_start = upstream.cold_start
+            exchange.pool = upstream.pool
             if not 200 <= upstream.status < 300:  # a 2xx stream or nothing: the client has a 200 head
                 exchange.error = "backend_error_in_band"
                 message = await read_error_message(upstream)
@@ -267,6 +268,7 @@ class Forwarder:
             exchange.status = upstream.status
             exchange.served_by = upstream.served_by
             exchange.cold_start = upstream.cold_start
+            exchange.pool = upstream.pool
             response = web.StreamResponse(status=upstream.status)
             for name, value in client_response_headers(upstream.headers):
                 response.headers.add(name, value)

@@ -73,7 +73,8 @@ class Exchange:
     served_by: str = "gateway"  # "backend" once Ollama's answer is relayed
     backend_head: float | None = None  # when the backend's response head came
     early_head: bool = False  # the gateway sent the head while the backend was still starting
-    cold_start: bool = False  # this request found no GPU container up and started one
+    cold_start: bool = False  # this request waited for its GPU container to start
+    pool: str = ""  # the GPU pool that answered, if one did
 
     def log_fields(self, now: float) -> dict:
         ttfb = None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1)
@@ -88,6 +89,7 @@ class Exchange:
             "bytes_out": self.bytes_out,
             "client_left": self.client_left,
             "served_by": self.served_by,
+            "pool": self.pool or None,
             "backend_wait_ms": waited,
         }
         if self.early_head:
@@ -106,7 +108,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "garden_requests", "Requests under /ollama, by who answered them", ["method", "family", "status", "served_by"], registry=r
+            "garden_requests", "Requests under /ollama, by who answered them", ["method", "family", "status", "served_by", "pool"], registry=r
         )
         self.in_flight = Gauge("garden_streams_in_flight", "Responses being relayed right now", registry=r)
         self.ttfb = Histogram(
@@ -141,7 +143,7 @@ class Metrics:
         now = time.perf_counter()
         family = exchange.family
         method = exchange.method if exchange.method in _METHODS else "other"  # any token is a method
-        self.requests.labels(method, family, str(exchange.status), exchange.served_by).inc()
+        self.requests.labels(method, family, str(exchange.status), exchange.served_by, exchange.pool).inc()
         if exchange.first_byte is not None:
             self.ttfb.labels(family).observe(exchange.first_byte - exchange.started)
         if exchange.backend_head is not None and exchange.served_by == "backend":

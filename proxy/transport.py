@@ -29,7 +29,8 @@ class BackendResponse(Protocol):
     status: int
     headers: Headers
     served_by: str  # "backend" (Ollama answered) or "gateway" (proxy.catalog answered)
-    cold_start: bool  # this request started a GPU container
+    cold_start: bool  # this request waited for a GPU container to start
+    pool: str  # the GPU pool that answered ("" if none did)
 
     async def send_body(self, sink: BodySink) -> None:
         """Write body chunks to `sink` as they arrive; return at the end. Raises `UpstreamBroken`."""
@@ -113,6 +114,7 @@ class RemoteResponse:
 
     served_by = "backend"
     cold_start = False
+    pool = ""
 
     def __init__(self, backend: RemoteBackend, request_id: str, status: int, headers: Headers, frames: AsyncIterator[Frame]) -> None:
         self.status = status

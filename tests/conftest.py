@@ -17,7 +17,8 @@ from backend.service import OllamaService
 from config import Settings
 from proxy.app import create_app
 from proxy.server import start_site
-from proxy.catalog import ModalCatalogSource
+from proxy.catalog import containers_up
+from proxy.pools import PoolRoute, PoolRouter
 from proxy.transport import Backend, InProcessBackend, RemoteBackend
 from tests.fake_modal import FakeBackendMethod, FakeModalDict
 from tests.fake_ollama import AlreadyRunning
@@ -125,8 +126,8 @@ async def make_modal_garden(standin, start_gateway) -> AsyncIterator[Callable[..
         services.append(service)
         stops = LocalStopSignals()
         method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops), on_ready=service.mark_ready)
-        catalog_source = ModalCatalogSource(DictCatalog(catalog, VERSION), method)
-        gateway = await start_gateway(RemoteBackend(method.remote_gen.aio, stops), backend_kind="modal", catalog=catalog_source, **overrides)
+        pools = PoolRouter([PoolRoute("default", RemoteBackend(method.remote_gen.aio, stops), ("llama3.2",), containers_up(method))])
+        gateway = await start_gateway(pools, backend_kind="modal", catalog=DictCatalog(catalog, VERSION), **overrides)
         return ModalGarden(gateway, state, service, method, catalog, stops)
 
     yield make

@@ -337,6 +337,7 @@ class SplitChunks:
 class SplitResponse:
     served_by = "backend"
     cold_start = False
+    pool = ""
 
     def __init__(self, inner) -> None:
         self.inner = inner

@@ -15,6 +15,7 @@ from yarl import URL
 
 from backend.catalog import CATALOG_KEY, DictCatalog, build_catalog, refresh
 from proxy.catalog import CatalogBackend, catalog_answer
+from proxy.pools import PoolRouter
 from tests.fake_modal import FakeModalDict
 from tests.ollama_standin import VERSION
 
@@ -49,7 +50,7 @@ OPENAI_MODELS = [("GET", "/v1/models", None), ("GET", "/v1/models/llama3.2", Non
 
 
 async def test_page_loads_pings_and_show_bursts_never_reach_the_backend(garden, http, monkeypatch):
-    monkeypatch.setattr(CatalogBackend, "RUNNING_TTL", 0.1)
+    monkeypatch.setattr(PoolRouter, "RUNNING_TTL", 0.1)
     # Before the first backend start there is no catalog: forwarded as before.
     assert await same_as_ollama(http, garden, "GET", "/api/tags")
     assert len(garden.method.calls) == 1
@@ -156,7 +157,7 @@ async def test_ps_asks_modal_once_per_second_or_two_not_per_request(garden, http
 
 
 async def test_ps_is_forwarded_while_a_container_runs(garden, http, monkeypatch):
-    monkeypatch.setattr(CatalogBackend, "RUNNING_TTL", 0.1)
+    monkeypatch.setattr(PoolRouter, "RUNNING_TTL", 0.1)
     await garden.start_backend()
     garden.method.scale_to_zero()
     assert (await fetch(http, "GET", garden.url + "/ollama/api/ps"))[2] == b'{"models":[]}'
@@ -182,19 +183,13 @@ async def test_a_missing_or_unreadable_catalog_means_forward(garden, http, caplo
 
 
 async def test_keys_cors_metrics_and_the_access_log_treat_gateway_answers_alike(standin, start_gateway, http, caplog):
-    from backend.cancel import LocalStopSignals
     from backend.relay import OllamaRelay
-    from proxy.catalog import ModalCatalogSource
     from proxy.transport import InProcessBackend
-    from tests.fake_modal import FakeBackendMethod
 
     url, _ = standin
     store = FakeModalDict()
     DictCatalog(store, VERSION).write(await asyncio.to_thread(build_catalog, url))
-    method = FakeBackendMethod(lambda request: None)
-    gateway = await start_gateway(
-        InProcessBackend(OllamaRelay(url)), gateway_api_keys=("k1",), catalog=ModalCatalogSource(DictCatalog(store, VERSION), method)
-    )
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=("k1",), catalog=DictCatalog(store, VERSION))
     caplog.set_level(logging.INFO, logger="proxy.access")
     assert (await fetch(http, "GET", gateway + "/ollama/api/tags"))[0] == 401
     async with http.get(gateway + "/ollama/api/tags", headers={"Authorization": "Bearer k1", "Origin": "https://chat.example"}) as response:
@@ -203,7 +198,7 @@ async def test_keys_cors_metrics_and_the_access_log_treat_gateway_answers_alike(
     assert [(line["status"], line["served_by"]) for line in lines] == [(401, "gateway"), (200, "gateway")]
     async with http.get(gateway + "/metrics", headers={"X-API-Key": "k1"}) as response:
         text = await response.text()
-    assert 'garden_requests_total{family="api/tags",method="GET",served_by="gateway",status="200"} 1.0' in text
+    assert 'garden_requests_total{family="api/tags",method="GET",pool="",served_by="gateway",status="200"} 1.0' in text
     async with http.get(gateway + "/health") as response:
         assert "GET /api/tags" in (await response.json())["answered_by_gateway"]
 
@@ -313,9 +308,6 @@ async def test_a_listing_that_raced_a_store_change_is_not_kept():
             await self.release.wait()
             return seen
 
-        async def backend_running(self):
-            return False
-
     class Backend:
         async def open(self, request):
             return StoredResponse(200, "application/json", b"")
@@ -346,9 +338,6 @@ async def test_a_burst_shares_one_catalog_read_and_a_slow_one_means_forward(monk
             Source.reads += 1
             await asyncio.sleep(0.2)
             return {"root": {"status": 200, "content_type": "text/plain", "body": b"Ollama is running"}}
-
-        async def backend_running(self):
-            return False
 
     class Backend:
         calls = 0

@@ -75,3 +75,36 @@ def test_bad_values_name_the_variable_and_the_accepted_form(env, message):
 def test_forwarded_env_carries_settings_but_never_secrets_or_the_local_host():
     env = {"OLLAMA_GPU": "L4", "OLLAMA_HOST": "127.0.0.1:1", "GATEWAY_API_KEYS": "k", "HOME": "/root"}
     assert forwarded_env(env) == {"OLLAMA_GPU": "L4"}
+
+
+def test_model_list_entries_may_name_a_gpu_and_models_that_share_one_form_a_pool():
+    from config import Pool
+
+    s = load_settings({"OLLAMA_MODEL_LIST": "qwen3:8b@L4, glm-4.7-flash:q8_0@A100-80GB, llama3.2, phi4@l4", "OLLAMA_GPU": "A100-40GB"})
+    assert s.ollama_pools == (
+        Pool("default", "A100-40GB", ("llama3.2",)),
+        Pool("l4", "L4", ("qwen3:8b", "phi4")),
+        Pool("a100-80gb", "A100-80GB", ("glm-4.7-flash:q8_0",)),
+    )
+    assert [p.class_name for p in s.ollama_pools] == ["OllamaBackend", "OllamaBackend_L4", "OllamaBackend_A100_80GB"]
+    assert s.ollama_model_list == ("llama3.2", "qwen3:8b", "phi4", "glm-4.7-flash:q8_0")  # names, without @GPU
+    # Naming the default GPU is the default pool; the default configuration is one pool.
+    assert load_settings({"OLLAMA_MODEL_LIST": "a@A100-40GB,b"}).ollama_pools == (Pool("default", "A100-40GB", ("a", "b")),)
+    assert load_settings({}).ollama_pools == Settings().ollama_pools and len(Settings().ollama_pools) == 1
+    assert [p.name for p in load_settings({"OLLAMA_MODEL_LIST": "a@H100:2"}).ollama_pools] == ["default", "h100x2"]
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ("qwen3:8b@RTX4090", "OLLAMA_MODEL_LIST: 'qwen3:8b@RTX4090' names the GPU 'RTX4090'"),
+        ("qwen3:8b@", "OLLAMA_MODEL_LIST: 'qwen3:8b@' names the GPU ''"),
+        ("qwen3:8b@L4,qwen3:8b@H100", "OLLAMA_MODEL_LIST: 'qwen3:8b' is in two pools (L4 and H100)"),
+        ("llama3.2,library/llama3.2:latest@L4", "is in two pools (A100-40GB and L4)"),  # one model by Ollama's name rules
+        ("not a model@L4", "OLLAMA_MODEL_LIST: 'not a model' is not an Ollama model name"),
+    ],
+)
+def test_bad_pools_fail_naming_the_variable(models, message):
+    with pytest.raises(ConfigError) as info:
+        load_settings({"OLLAMA_MODEL_LIST": models})
+    assert message in str(info.value)

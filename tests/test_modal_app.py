@@ -166,3 +166,33 @@ def test_an_invalid_warm_schedule_fails_at_import_naming_the_variable():
     )
     assert result.returncode != 0
     assert "OLLAMA_WARM_SCHEDULE='Mon-Fry 08:30-18:00': 'Fry' is not a day" in result.stderr
+
+
+READ_POOLS = """
+import json, app
+print(json.dumps({name: {"class": cls().proxy.info().method_names and type(cls).__name__ and name,
+                         "gpus": cls().proxy.info().gpus, "volumes": sorted(cls().proxy.info().volumes),
+                         "timeout": cls().proxy.info().timeout, "max_inputs": cls().proxy.info().concurrency_info.max_inputs}
+                  for name, cls in app.backend_classes.items()}
+                 | {"classes": sorted(n for n in dir(app) if n.startswith("OllamaBackend"))}))
+"""
+
+
+def read_pools(**env: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", READ_POOLS], cwd=REPO, env=env_with_path(None, **env), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_two_pools_deploy_two_gpu_classes_sharing_the_volume():
+    pools = read_pools(OLLAMA_MODEL_LIST="qwen3:8b@L4,glm-4.7-flash:q8_0@A100-80GB", OLLAMA_GPU="L4")
+    assert pools["classes"] == ["OllamaBackend", "OllamaBackend_A100_80GB"]
+    assert pools["default"]["gpus"] == [["L4", 1]] and pools["a100-80gb"]["gpus"] == [["A100-80GB", 1]]
+    assert pools["default"]["volumes"] == pools["a100-80gb"]["volumes"] == ["/ollama-models"]
+    assert pools["default"]["timeout"] == pools["a100-80gb"]["timeout"] == 1800
+
+
+def test_the_default_configuration_deploys_one_pool_as_before():
+    pools = read_pools()
+    assert pools["classes"] == ["OllamaBackend"] and list(pools) == ["default", "classes"]
+    assert pools["default"]["gpus"] == [["A100-40GB", 1]]

@@ -76,11 +76,11 @@ async def test_metrics_count_requests_bytes_latency_disconnects_and_errors(obser
 
     m = await scrape(http, gateway)
     requests = "garden_requests_total"
-    backend, refused = ("served_by", "backend"), ("served_by", "gateway")
-    assert m[(requests, (("family", "api/chat"), ("method", "POST"), backend, ("status", "200")))] == 1
-    assert m[(requests, (("family", "api/chat"), ("method", "POST"), backend, ("status", "404")))] == 1
-    assert m[(requests, (("family", "api/tags"), ("method", "GET"), refused, ("status", "401")))] == 1
-    assert m[(requests, (("family", "v1/chat/completions"), ("method", "POST"), backend, ("status", "200")))] == 1
+    backend, refused, no_pool = ("served_by", "backend"), ("served_by", "gateway"), ("pool", "")  # local mode: no pools
+    assert m[(requests, (("family", "api/chat"), ("method", "POST"), no_pool, backend, ("status", "200")))] == 1
+    assert m[(requests, (("family", "api/chat"), ("method", "POST"), no_pool, backend, ("status", "404")))] == 1
+    assert m[(requests, (("family", "api/tags"), ("method", "GET"), no_pool, refused, ("status", "401")))] == 1
+    assert m[(requests, (("family", "v1/chat/completions"), ("method", "POST"), no_pool, backend, ("status", "200")))] == 1
     assert m[("garden_time_to_first_byte_seconds_count", (("family", "api/chat"),))] == 2
     assert m[("garden_request_duration_seconds_count", (("family", "api/chat"),))] == 2
     relayed = m[("garden_bytes_relayed_total", ())]

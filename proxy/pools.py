@@ -1,0 +1,159 @@
+"""The right GPU for each model: a `Backend` that sends each request to its model's pool.
+
+On Modal each pool (OLLAMA_MODEL_LIST's `model@GPU`) is its own GPU class with its own
+containers; here each is a `Backend` (the Modal RPC transport to that class). A request
+goes to the pool of the model it names, by Ollama's name rules (`llama3.2` is
+`registry.ollama.ai/library/llama3.2:latest`); a model in no pool goes to the default
+pool, where Ollama answers as it would (pulls it, or 404). A request for a model of pool A
+never starts a container of pool B.
+
+`GET /api/ps` names no model: it is asked of every pool with a container up (Modal's
+`get_current_stats()`, which starts nothing) and the answers merged; with none up it is
+`{"models":[]}`. With one pool and no way to tell (local mode) it is simply forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from backend.http1 import BodySink
+from backend.names import parse_name
+from backend.routes import route_of
+from backend.wire import RequestFrame
+from proxy.bodies import body_facts
+from proxy.catalog import GIN_JSON, NO_MODELS_RUNNING, StoredResponse
+from proxy.transport import Backend, BackendResponse
+
+log = logging.getLogger(__name__)
+
+SMALL_BODY = 64 * 1024
+
+
+@dataclass
+class PoolRoute:
+    name: str
+    backend: Backend
+    models: tuple[str, ...] = ()
+    # Is a GPU container of this pool up? (Modal: get_current_stats; None: cannot tell.)
+    running: Callable[[], Awaitable[bool]] | None = None
+
+
+def model_named(request: RequestFrame) -> str | None:
+    """The model a request is about: `model` (or Ollama's older `name`) in its body, the
+    `source` of a copy, or the model in a `/v1/models/<model>` path."""
+    route = route_of(request["path"])
+    if route.startswith("/v1/models/"):
+        return route[len("/v1/models/") :]
+    body = request.get("body") or b""
+    if not body:
+        return None
+    if len(body) > SMALL_BODY:  # images: scanned, never parsed
+        return body_facts(body, "application/json").model
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    named = parsed.get("source") if route == "/api/copy" else parsed.get("model") or parsed.get("name")
+    return named if isinstance(named, str) else None
+
+
+class PoolRouter:
+    """Sends each request to the pool of its model; merges `/api/ps` across pools."""
+
+    RUNNING_TTL = 1.5  # seconds an answer about a pool's containers is reused
+    RUNNING_TIMEOUT = 2.0  # seconds a Modal lookup may take; then the pool counts as up
+
+    def __init__(self, pools: list[PoolRoute], default: str = "default", clock: Callable[[], float] = time.monotonic) -> None:
+        self.pools = {pool.name: pool for pool in pools}
+        self.default = default if default in self.pools else pools[0].name
+        self.clock = clock
+        self._pool_of: dict[str, str] = {}
+        for pool in pools:
+            for model in pool.models:
+                parsed = parse_name(model)
+                if parsed is not None:
+                    self._pool_of[parsed.key] = pool.name
+        self._running: dict[str, tuple[float, bool]] = {}
+
+    def pool_for(self, request: RequestFrame) -> str:
+        if len(self.pools) == 1:
+            return self.default  # nothing to decide: no body is read
+        named = model_named(request)
+        parsed = parse_name(named) if named else None
+        return self._pool_of.get(parsed.key, self.default) if parsed else self.default
+
+    async def open(self, request: RequestFrame) -> BackendResponse:
+        if request["method"] == "GET" and route_of(request["path"]) == "/api/ps" and self._can_tell():
+            return await self._ps(request)
+        name = self.pool_for(request)
+        response = await self.pools[name].backend.open(request)
+        response.pool = name
+        if response.cold_start:
+            self._running[name] = (self.clock(), True)  # up now: /api/ps asks it
+        return response
+
+    async def aclose(self) -> None:
+        for pool in self.pools.values():
+            await pool.backend.aclose()
+
+    def _can_tell(self) -> bool:
+        return all(pool.running is not None for pool in self.pools.values())
+
+    async def _is_running(self, pool: PoolRoute) -> bool:
+        cached = self._running.get(pool.name)
+        if cached is not None and self.clock() - cached[0] < self.RUNNING_TTL:
+            return cached[1]
+        try:
+            async with asyncio.timeout(self.RUNNING_TIMEOUT):
+                running = await pool.running()
+        except Exception as exc:  # noqa: BLE001 (unknown counts as up: ask it)
+            log.warning("could not tell whether pool %s runs (%s: %s): asking it", pool.name, type(exc).__name__, exc)
+            running = True
+        self._running[pool.name] = (self.clock(), running)
+        return running
+
+    async def _ps(self, request: RequestFrame) -> BackendResponse:
+        pools = list(self.pools.values())
+        up = [pool for pool, running in zip(pools, await asyncio.gather(*(self._is_running(p) for p in pools))) if running]
+        if not up:
+            return StoredResponse(200, GIN_JSON, NO_MODELS_RUNNING)
+        if len(up) == 1:  # Ollama's own answer, byte for byte
+            response = await up[0].backend.open(request)
+            response.pool = up[0].name
+            return response
+        answers = await asyncio.gather(*(self._ps_of(pool, request) for pool in up))
+        models = [model for answer in answers for model in answer]
+        models.sort(key=lambda model: model.get("expires_at", ""), reverse=True)  # as Ollama sorts them
+        return StoredResponse(200, GIN_JSON, json.dumps({"models": models}, separators=(",", ":")).encode())
+
+    async def _ps_of(self, pool: PoolRoute, request: RequestFrame) -> list[dict]:
+        try:
+            response = await pool.backend.open(request)
+            try:
+                collector = _Collect()
+                await response.send_body(collector)
+            finally:
+                await response.aclose()
+            return json.loads(collector.data)["models"] if response.status == 200 else []
+        except Exception as exc:  # noqa: BLE001 (one pool failing leaves the others' answer)
+            log.warning("pool %s did not answer /api/ps (%s: %s)", pool.name, type(exc).__name__, exc)
+            return []
+
+
+class _Collect:
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> bool:
+        self.data += chunk
+        return True
+
+    async def drain(self) -> None:
+        return None
