@@ -199,51 +199,35 @@ class Forwarder:
 
     async def _stream(self, request: web.Request, frame: RequestFrame, content_type: str, family: str, exchange: Exchange) -> web.StreamResponse:
         """A streaming request: relayed as usual if the backend's head comes within
-        `early_head_s`, otherwise started by the gateway (see `_early_stream`)."""
-        opening = asyncio.ensure_future(self.backend.open(frame))
-        try:
-            if await _settles_within(opening, self.early_head_s):
-                try:
-                    upstream = opening.result()
-                except Exception as exc:  # noqa: BLE001
-                    return self._no_head(exc, family, exchange, self.early_head_s)
-                return await self._relay(request, upstream, exchange)
-            return await self._early_stream(request, opening, content_type, exchange)
-        finally:
-            await _abandon(opening)
-
-    async def _early_stream(self, request: web.Request, opening: asyncio.Future, content_type: str, exchange: Exchange) -> web.StreamResponse:
-        """Send the stream's head now and keep-alive bytes until the backend answers.
+        `early_head_s`; otherwise the gateway sends the head itself and keep-alive bytes
+        until the backend answers (`_EarlyHead`).
 
         The head lets a cold start outlast Modal's 150 s limit on a response's start and
-        lets Modal's proxy see a client that leaves. The keep-alive bytes are ones every
-        reader of the stream skips (`keepalive_bytes`); an error that comes instead of
-        the stream is told in band, as Ollama tells one mid-stream.
+        lets Modal's proxy see a client that leaves. An error that comes instead of the
+        stream is told in band, as Ollama tells one mid-stream. A warm backend costs a
+        timer here, no task: the backend is awaited directly, as for any request.
         """
-        exchange.early_head = True
-        exchange.first_byte = time.perf_counter()
-        exchange.status = 200
-        response = web.StreamResponse(status=200, headers={"Content-Type": content_type, "X-Accel-Buffering": "no"})
-        await response.prepare(request)
-        body = ClientBody(request, response)
-        filler = keepalive_bytes(content_type)
-        deadline = exchange.started + self.stream_timeout
+        early = _EarlyHead(request, content_type, exchange)
+        timer = asyncio.get_running_loop().call_later(self.early_head_s, early.start)
         try:
-            while not await _settles_within(opening, min(KEEPALIVE_INTERVAL, max(deadline - time.perf_counter(), 0))):
-                if time.perf_counter() >= deadline:
-                    exchange.error = "first_byte_timeout"
-                    return await self._end_in_band(response, body, f"the backend sent nothing within {self.stream_timeout:.0f}s", 504, exchange)
-                if not body.write_filler(filler):
-                    await body.drain()
-        except (ConnectionResetError, asyncio.CancelledError):
-            exchange.client_left = True
-            raise  # _stream's caller cancels the backend's work
-        try:
-            upstream = opening.result()
-        except Exception as exc:  # noqa: BLE001
+            async with asyncio.timeout(self.stream_timeout):
+                upstream = await self.backend.open(frame)
+        except Exception as exc:  # noqa: BLE001 (each kind becomes its own answer)
+            timer.cancel()
+            if not early.started:
+                return self._no_head(exc, family, exchange, self.stream_timeout)
             failed = self._no_head(exc, "ollama", exchange, self.stream_timeout)
+            response, body = await early.stop()
             return await self._end_in_band(response, body, json.loads(failed.body)["error"], failed.status, exchange)
+        except BaseException:  # cancelled: the client left (RemoteBackend.open has sent the stop)
+            timer.cancel()
+            await early.abandon()
+            raise
+        timer.cancel()
+        if not early.started:
+            return await self._relay(request, upstream, exchange)
         try:
+            response, body = await early.stop()
             exchange.backend_head = time.perf_counter()
             exchange.served_by = upstream.served_by
             exchange.cold_start = upstream.cold_start
@@ -253,6 +237,9 @@ class Forwarder:
                 message = await read_error_message(upstream)
                 return await self._end_in_band(response, body, message, upstream.status, exchange)
             return await self._send_body(response, body, upstream, exchange)
+        except (ConnectionResetError, asyncio.CancelledError):
+            exchange.client_left = True
+            raise
         finally:
             await upstream.aclose()
 
@@ -315,19 +302,58 @@ class Forwarder:
         return response
 
 
-async def _settles_within(future: asyncio.Future, seconds: float) -> bool:
-    done, _ = await asyncio.wait((future,), timeout=seconds)
-    return bool(done)
+class _EarlyHead:
+    """The head and keep-alive bytes the gateway sends for a stream whose backend is slow.
 
+    `start()` is a timer callback: it begins a task that sends the head, then a keep-alive
+    filler every KEEPALIVE_INTERVAL. `stop()` ends that task and hands over the response
+    and its body sink, for the backend's bytes or an in-band error.
+    """
 
-async def _abandon(opening: asyncio.Future) -> None:
-    """Stop waiting for a response head nobody will use: cancel the request (a remote
-    backend is told to stop), or close a response that came just too late."""
-    if not opening.done():
-        opening.cancel()
-        await asyncio.gather(opening, return_exceptions=True)
-    elif not opening.cancelled() and opening.exception() is None:
-        await opening.result().aclose()  # a no-op for a response that was relayed
+    def __init__(self, request: web.Request, content_type: str, exchange: Exchange) -> None:
+        self.request = request
+        self.content_type = content_type
+        self.exchange = exchange
+        self.response = web.StreamResponse(status=200, headers={"Content-Type": content_type, "X-Accel-Buffering": "no"})
+        self.body: ClientBody | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def started(self) -> bool:
+        return self.task is not None
+
+    def start(self) -> None:
+        self.task = asyncio.ensure_future(self._keep_alive())
+
+    async def _keep_alive(self) -> None:
+        self.exchange.early_head = True
+        self.exchange.first_byte = time.perf_counter()
+        self.exchange.status = 200
+        await self.response.prepare(self.request)
+        self.body = ClientBody(self.request, self.response)
+        filler = keepalive_bytes(self.content_type)
+        while True:
+            try:
+                async with asyncio.timeout(KEEPALIVE_INTERVAL):
+                    await self._stopping.wait()
+                return
+            except TimeoutError:
+                if not self.body.write_filler(filler):
+                    await self.body.drain()  # raises ConnectionResetError if the client left
+
+    async def stop(self) -> tuple[web.StreamResponse, ClientBody]:
+        self._stopping.set()
+        assert self.task is not None
+        await self.task
+        assert self.body is not None
+        return self.response, self.body
+
+    async def abandon(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 class _ErrorCollector:

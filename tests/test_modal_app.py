@@ -109,6 +109,7 @@ def test_keys_from_the_deploy_environment_become_a_secret_not_image_env():
         ("OLLAMA_GPU", "", "OLLAMA_GPU is empty"),
         ("OLLAMA_SCALEDOWN", "1", "OLLAMA_SCALEDOWN='1': expected a whole number from 2 to 3600"),
         ("OLLAMA_TIMEOUT", "abc", "OLLAMA_TIMEOUT='abc'"),
+        ("OLLAMA_MODEL_LIST", "qwen3:8b@L4,qwen3:8b@H100", "OLLAMA_MODEL_LIST: 'qwen3:8b' is in two pools"),
     ],
 )
 def test_a_bad_setting_fails_at_import_naming_the_variable(name, value, message):
