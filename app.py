@@ -7,6 +7,7 @@ gateway. The logic lives in `backend/` (Ollama and the relay) and `proxy/` (the 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -141,12 +142,13 @@ if settings.ollama_warm_schedule:
 
 
 # --- Gateway: always warm, CPU only -----------------------------------------------------
-# API keys reach the gateway as GATEWAY_API_KEYS from a named Secret, or from the
+# API keys (GATEWAY_API_KEYS, and GATEWAY_KEY_POLICY with them) reach the gateway from a named Secret, or from the
 # deployer's environment (then Modal stores them as a Secret, never in the image).
 if settings.gateway_api_keys_secret:
     gateway_secrets = [modal.Secret.from_name(settings.gateway_api_keys_secret)]
 elif settings.gateway_api_keys:
-    gateway_secrets = [modal.Secret.from_dict({"GATEWAY_API_KEYS": ",".join(settings.gateway_api_keys)})]
+    from_deployer = {name: os.environ[name] for name in ("GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY") if os.environ.get(name)}
+    gateway_secrets = [modal.Secret.from_dict(from_deployer)]
 else:
     gateway_secrets = []
 

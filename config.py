@@ -7,6 +7,7 @@ the first request.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -149,6 +150,75 @@ def _pools(entries: tuple[str, ...], default_gpu: str) -> tuple[Pool, ...]:
     )
 
 
+KEY_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key and the name it goes by in logs, metrics and errors (never the key)."""
+
+    name: str
+    key: str = field(repr=False)
+
+
+def api_keys(entries: tuple[str, ...]) -> tuple[ApiKey, ...]:
+    """GATEWAY_API_KEYS entries: `name:key`, or a bare key named `key-<position>`."""
+    keys = []
+    for position, entry in enumerate(entries, 1):
+        name, sep, key = entry.partition(":")
+        keys.append(ApiKey(name, key) if sep and key and KEY_NAME.fullmatch(name) else ApiKey(f"key-{position}", entry))
+    names = [key.name for key in keys]
+    if len(set(names)) != len(names):
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise ConfigError(f"GATEWAY_API_KEYS: the name {duplicate!r} is given to two keys")
+    return tuple(keys)
+
+
+@dataclass(frozen=True)
+class KeyPolicy:
+    """What one key may do: which models (None: all), how many requests at once, and how
+    many a minute (None: no limit)."""
+
+    models: tuple[str, ...] | None = None
+    max_streams: int | None = None
+    requests_per_minute: int | None = None
+
+
+POLICY_EXAMPLE = '{"partner": {"models": ["llama3.2"], "max_streams": 2, "requests_per_minute": 30}, "*": {"max_streams": 4}}'
+
+
+def _key_policies(env: Mapping[str, str], keys: tuple[ApiKey, ...]) -> tuple[tuple[str, KeyPolicy], ...]:
+    """GATEWAY_KEY_POLICY: a JSON object from key names (or "*", every other key) to
+    {"models": [...], "max_streams": N, "requests_per_minute": N}, each optional."""
+    raw = env.get("GATEWAY_KEY_POLICY", "").strip()
+    if not raw:
+        return ()
+    name = "GATEWAY_KEY_POLICY"
+    try:
+        parsed = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} is not JSON ({exc}): expected such as {POLICY_EXAMPLE}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{name}: expected a JSON object such as {POLICY_EXAMPLE}")
+    known = {key.name for key in keys}
+    policies = []
+    for who, rules in parsed.items():
+        if who != "*" and known and who not in known:
+            raise ConfigError(f"{name}: {who!r} is not the name of a key in GATEWAY_API_KEYS ({', '.join(sorted(known))}) or *")
+        if not isinstance(rules, dict) or not set(rules) <= {"models", "max_streams", "requests_per_minute"}:
+            raise ConfigError(f"{name}: the rules for {who!r} must be an object with models, max_streams and/or requests_per_minute")
+        models = rules.get("models")
+        if models is not None and not (isinstance(models, list) and all(isinstance(m, str) and m.strip() for m in models)):
+            raise ConfigError(f"{name}: models for {who!r} must be a list of model names")
+        for limit in ("max_streams", "requests_per_minute"):
+            value = rules.get(limit)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ConfigError(f"{name}: {limit} for {who!r} must be a whole number of at least 1")
+        policy = KeyPolicy(None if models is None else tuple(m.strip() for m in models), rules.get("max_streams"), rules.get("requests_per_minute"))
+        policies.append((who, policy))
+    return tuple(policies)
+
+
 def _ollama_url(raw: str) -> str:
     """Ollama's own OLLAMA_HOST forms: `host`, `host:port`, `:port` or a full URL."""
     raw = raw.strip() or "127.0.0.1:11434"
@@ -191,7 +261,8 @@ class Settings:
     gateway_max_body_mb: int = 100
     gateway_body_timeout_s: int = 60  # longest time to receive a whole request body
     gateway_early_head_s: int = 5  # a stream with no backend head by then gets the gateway's
-    gateway_api_keys: tuple[str, ...] = field(default=(), repr=False)  # secret: never printed
+    gateway_api_keys: tuple[str, ...] = field(default=(), repr=False)  # secret: never printed; `name:key` or a bare key
+    gateway_key_policy: tuple[tuple[str, KeyPolicy], ...] = ()  # key name (or "*") -> models and limits
     gateway_api_keys_secret: str = ""  # name of a Modal Secret holding GATEWAY_API_KEYS
     gateway_proxy_auth: bool = False
     gateway_cors_origins: tuple[str, ...] = ("*",)
@@ -213,6 +284,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     gpu = _gpu(env, "OLLAMA_GPU", defaults.ollama_gpu)
     pools = _pools(entries, gpu)
     models = tuple(model for pool in pools for model in pool.models)
+    keys = _list(env, "GATEWAY_API_KEYS", "")
     warm = env.get("OLLAMA_WARM_SCHEDULE", "").strip()
     if warm:
         try:
@@ -239,7 +311,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gateway_body_timeout_s=_int(env, "GATEWAY_BODY_TIMEOUT_S", defaults.gateway_body_timeout_s, 1, 3600),
         # Far below Modal's 150 s limit on a response's start, which the early head is for.
         gateway_early_head_s=_int(env, "GATEWAY_EARLY_HEAD_S", defaults.gateway_early_head_s, 1, 60),
-        gateway_api_keys=_list(env, "GATEWAY_API_KEYS", ""),
+        gateway_api_keys=keys,
+        gateway_key_policy=_key_policies(env, api_keys(keys)),
         gateway_api_keys_secret=env.get("GATEWAY_API_KEYS_SECRET", "").strip(),
         gateway_proxy_auth=_bool(env, "GATEWAY_PROXY_AUTH", defaults.gateway_proxy_auth),
         gateway_cors_origins=_origins(env, "GATEWAY_CORS_ORIGINS"),

@@ -12,13 +12,14 @@ from aiohttp.http import HttpVersion11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend.routes import allowed_when_read_only
-from config import APP_NAME, Settings
-from proxy.auth import is_loopback_host, key_is_valid, origin_may_call, presented_key
+from config import APP_NAME, Settings, api_keys
+from proxy.auth import is_loopback_host, key_name, origin_may_call, presented_key
 from proxy.catalog import CatalogBackend, CatalogSource
 from proxy.errors import error_response
-from proxy.forward import EXCHANGE, Forwarder, forwarded_path
+from proxy.forward import EXCHANGE, MODEL_RULES, Forwarder, forwarded_path
 from proxy.observe import Exchange, Metrics, path_family
 from proxy.paths import PREFIX, api_family
+from proxy.policy import Limits, ModelRules, policy_for
 from proxy.transport import Backend
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 _REFUSALS = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
     408: "body_timeout", 413: "body_too_large", 415: "unsupported_encoding", 417: "expectation_failed",
+    429: "rate_limited",
 }  # fmt: skip
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,6 +110,10 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
     browsers send no credentials on them, and CORS answers them without the backend.
     """
     max_body = settings.gateway_max_body_mb * 1024 * 1024
+    keys = api_keys(settings.gateway_api_keys)
+    policies = dict(settings.gateway_key_policy)
+    rules = {name: ModelRules(policy.models) for name, policy in policies.items()}
+    limits = Limits()
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -119,10 +125,13 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
             return error_response(403, f"host {request.host!r} is not allowed: use localhost or 127.0.0.1", family)
         if not origin_may_call(request.headers.get("Origin"), settings.gateway_cors_origins, bool(settings.gateway_api_keys)):
             return error_response(403, "origin not allowed: set GATEWAY_CORS_ORIGINS, or API keys", family)
-        if settings.gateway_api_keys and not key_is_valid(presented_key(request.headers), settings.gateway_api_keys):
+        name = key_name(presented_key(request.headers), keys) if keys else ""
+        if name is None:
             return error_response(
                 401, "missing or invalid API key: send Authorization: Bearer <key>", family, {"WWW-Authenticate": "Bearer"}
             )
+        if EXCHANGE in request:
+            request[EXCHANGE].key = name
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
         if encoding != "identity":
             # Ollama takes no compressed bodies, and inflating one would cost the event loop.
@@ -132,11 +141,23 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
         path = forwarded_path(request)
         if settings.gateway_read_only and path and not allowed_when_read_only(request.method, path):
             return error_response(403, "this garden is read-only: only chat, generation, embeddings and model listings are served", family)
-        if request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
-            # Only now, with every check passed, may the client send its body.
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            request.writer.output_size = 0
-        return await handler(request)
+        policy = policy_for(name, policies)
+        limited = path is not None and (policy.max_streams is not None or policy.requests_per_minute is not None)
+        if limited:
+            refusal = limits.admit(name, policy)
+            if refusal is not None:
+                return error_response(429, refusal.message, family, {"Retry-After": str(refusal.retry_after)})
+        if path is not None and policy.models is not None:
+            request[MODEL_RULES] = rules.get(name) or rules["*"]
+        try:
+            if request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+                # Only now, with every check passed, may the client send its body.
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0
+            return await handler(request)
+        finally:
+            if limited:
+                limits.done(name)
 
     return guard
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 
+from config import ApiKey
+
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key a client sent: `Authorization: Bearer <key>` (OpenAI SDK, ollama clients)
@@ -18,16 +20,18 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return key or None
 
 
-def key_is_valid(presented: str | None, keys: tuple[str, ...]) -> bool:
-    """Constant-time check against every configured key (no early exit on a match)."""
+def key_name(presented: str | None, keys: tuple[ApiKey, ...]) -> str | None:
+    """The name of the key presented, compared in constant time against every key (no
+    early exit on a match); None if it is none of them."""
     if presented is None:
-        return False
+        return None
     # aiohttp decodes header bytes with surrogateescape: encode them back the same way.
     given = presented.encode("utf-8", "surrogateescape")
-    matched = False
+    found = None
     for key in keys:
-        matched |= hmac.compare_digest(given, key.encode("utf-8", "surrogateescape"))
-    return matched
+        if hmac.compare_digest(given, key.key.encode("utf-8", "surrogateescape")):
+            found = key.name
+    return found
 
 
 # What Ollama itself lets in by default (envconfig.AllowedOrigins): local pages and apps.

@@ -6,14 +6,15 @@ import json
 
 from aiohttp import web
 
-_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error"}
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 413: "invalid_request_error", 429: "requests"}
+_OPENAI_CODES = {429: "rate_limit_exceeded"}
 
 
 def error_body(status: int, message: str, family: str) -> dict:
     """Ollama: `{"error": "..."}`. OpenAI: `{"error": {"message", "type", "param", "code"}}`."""
     if family == "openai":
         kind = _OPENAI_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        return {"error": {"message": message, "type": kind, "param": None, "code": _OPENAI_CODES.get(status)}}
     return {"error": message}
 
 

@@ -17,12 +17,16 @@ from proxy.errors import error_response, keepalive_bytes, stream_error_tail
 from proxy.headers import body_length, client_response_headers, upstream_request_headers
 from proxy.observe import Exchange
 from proxy.paths import api_family, upstream_path
+from proxy.policy import LISTINGS, ModelRules, filter_listing, reported_tokens
+from proxy.pools import model_named
 from proxy.transport import Backend, BackendResponse
 
 log = logging.getLogger(__name__)
 
 EXCHANGE = web.RequestKey("exchange", Exchange)  # filled here, recorded by the observe middleware
+MODEL_RULES = web.RequestKey("model_rules", ModelRules)  # set by the guard for a key with an allowlist
 KEEPALIVE_INTERVAL = 5.0  # seconds between keep-alive bytes while a stream waits for the backend
+LISTING_LIMIT = 8 * 1024 * 1024  # a model listing larger than this is not filtered but refused
 _PATH = web.RequestKey("upstream_path", str)
 
 
@@ -55,6 +59,7 @@ class ClientBody:
         self.overrun = False  # the backend sent more than it declared
         self.sent = 0  # a plain int per chunk; metrics are recorded once, at the end
         self.last = b""  # the last chunk sent: where a broken stream's error tail must start
+        self.before_last = b""  # with `last`, where Ollama's final token counts are
         # StreamResponse.prepare() has sent the head already (only web.Response holds it
         # back); make sure of it, since the body below goes past aiohttp's writer.
         request.writer.send_headers()
@@ -85,15 +90,15 @@ class ClientBody:
                 chunk = chunk[: self._length - self.sent]
             transport.write(chunk)
         self.sent += len(chunk)
-        self.last = chunk
+        self.before_last, self.last = self.last, chunk
         return transport.get_write_buffer_size() < self.HIGH_WATER
 
     def write_filler(self, chunk: bytes) -> bool:
         """Keep-alive bytes: sent like body bytes, but never where an error tail would
         have to start a line of its own (`last` stays as it was)."""
-        last = self.last
+        before_last, last = self.before_last, self.last
         room = self.write(chunk)
-        self.last = last
+        self.before_last, self.last = before_last, last
         return room
 
     async def drain(self) -> None:
@@ -171,6 +176,15 @@ class Forwarder:
         facts = body_facts(body, request.content_type)
         exchange.model = facts.model
         frame = request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
+        rules = request.get(MODEL_RULES)
+        listing_rules = None  # set for a model listing that must show only the key's models
+        if rules is not None:
+            named = model_named(frame)
+            if named is not None and not rules.allows(named):
+                exchange.error = "model_not_allowed"
+                return error_response(403, f"the key {exchange.key!r} may not use the model {named[:200]!r}", family)
+            if request.method in ("GET", "HEAD") and route_of(path) in LISTINGS:
+                listing_rules = rules
         streams_as = stream_content_type(request.method, route_of(path), facts)
         if streams_as is not None and self.early_head_s is not None and self.early_head_s < self.stream_timeout:
             return await self._stream(request, frame, streams_as, family, exchange)
@@ -179,7 +193,26 @@ class Forwarder:
                 upstream = await self.backend.open(frame)
         except Exception as exc:  # noqa: BLE001 (each kind becomes its own answer)
             return self._no_head(exc, family, exchange, self.first_byte_timeout)
+        if listing_rules is not None and upstream.status == 200:
+            return await self._relay_listing(request, upstream, exchange, listing_rules, route_of(path))
         return await self._relay(request, upstream, exchange)
+
+    async def _relay_listing(self, request: web.Request, upstream: BackendResponse, exchange: Exchange, rules: ModelRules, route: str) -> web.StreamResponse:
+        """A model listing with only the models the request's key may use (re-encoded)."""
+        try:
+            collector = _ErrorCollector(LISTING_LIMIT)
+            await upstream.send_body(collector)
+        finally:
+            await upstream.aclose()
+        filtered = filter_listing(route, bytes(collector.data), rules)
+        if filtered is None or len(collector.data) >= LISTING_LIMIT:
+            exchange.error = "listing_unreadable"
+            return error_response(502, "the model listing could not be read to filter it for this key", api_family(route))
+        exchange.first_byte = exchange.backend_head = time.perf_counter()
+        exchange.status, exchange.served_by, exchange.pool = 200, upstream.served_by, upstream.pool
+        content_type = next((v for k, v in upstream.headers if k.lower() == "content-type"), "application/json")
+        exchange.bytes_out = 0 if request.method == "HEAD" else len(filtered)
+        return web.Response(body=filtered, headers={"Content-Type": content_type})  # aiohttp sends no body for HEAD
 
     def _no_head(self, exc: BaseException, family: str, exchange: Exchange, waited: float) -> web.Response:
         """The answer when the backend gave no response head."""
@@ -281,6 +314,11 @@ class Forwarder:
         try:
             await upstream.send_body(body)
             broken = None if body.complete else f"the backend's body did not match its Content-Length ({body.sent} bytes)"
+            if broken is None and upstream.status == 200:
+                # Constant work per answer: only its last two chunks are read, at the end.
+                counted = reported_tokens(body.before_last + body.last)
+                if counted is not None:
+                    exchange.prompt_tokens, exchange.completion_tokens = counted
         except (ConnectionResetError, asyncio.CancelledError):
             exchange.client_left = True
             raise  # the caller closes the backend response
@@ -357,15 +395,14 @@ class _EarlyHead:
 
 
 class _ErrorCollector:
-    """A sink that keeps the first bytes of an error body (Ollama's are small)."""
+    """A sink that keeps the first `limit` bytes of a small body (an error, a listing)."""
 
-    LIMIT = 64 * 1024
-
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 64 * 1024) -> None:
         self.data = bytearray()
+        self.limit = limit
 
     def write(self, chunk: bytes) -> bool:
-        self.data += chunk[: self.LIMIT - len(self.data)]
+        self.data += chunk[: self.limit - len(self.data)]
         return True
 
     async def drain(self) -> None:

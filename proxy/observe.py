@@ -75,6 +75,9 @@ class Exchange:
     early_head: bool = False  # the gateway sent the head while the backend was still starting
     cold_start: bool = False  # this request waited for its GPU container to start
     pool: str = ""  # the GPU pool that answered, if one did
+    key: str = ""  # the name of the API key used (never the key)
+    prompt_tokens: int | None = None  # as Ollama reported them at the end of its answer
+    completion_tokens: int | None = None
 
     def log_fields(self, now: float) -> dict:
         ttfb = None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1)
@@ -92,6 +95,10 @@ class Exchange:
             "pool": self.pool or None,
             "backend_wait_ms": waited,
         }
+        if self.key:
+            fields["key"] = self.key
+        if self.prompt_tokens is not None:
+            fields["prompt_tokens"], fields["completion_tokens"] = self.prompt_tokens, self.completion_tokens
         if self.early_head:
             fields["early_head"] = True
         if self.cold_start:
@@ -133,7 +140,8 @@ class Metrics:
             registry=r,
         )
         self.early_heads = Counter("garden_early_heads", "Streams whose head the gateway sent while the backend started", ["family"], registry=r)
-        self.cold_starts = Counter("garden_cold_starts", "Requests that found no GPU container up and started one", registry=r)
+        self.cold_starts = Counter("garden_cold_starts", "Requests that waited for their GPU container to start", registry=r)
+        self.tokens = Counter("garden_tokens", "Tokens Ollama reported, by key name, model and kind", ["key", "model", "kind"], registry=r)
         self.bytes_relayed = Counter("garden_bytes_relayed", "Response body bytes relayed to clients", registry=r)
         self.disconnects = Counter("garden_client_disconnects", "Clients that left before the response ended", ["family"], registry=r)
         self.errors = Counter("garden_gateway_errors", "Errors the gateway produced itself", ["kind"], registry=r)
@@ -152,6 +160,9 @@ class Metrics:
             self.early_heads.labels(family).inc()
         if exchange.cold_start:
             self.cold_starts.inc()
+        if exchange.prompt_tokens is not None:
+            self.tokens.labels(exchange.key, exchange.model or "", "prompt").inc(exchange.prompt_tokens)
+            self.tokens.labels(exchange.key, exchange.model or "", "completion").inc(exchange.completion_tokens or 0)
         self.duration.labels(family).observe(now - exchange.started)
         if exchange.bytes_out:
             self.bytes_relayed.inc(exchange.bytes_out)

@@ -10,7 +10,8 @@ import pytest
 
 from backend.relay import OllamaRelay
 from proxy import auth
-from proxy.auth import key_is_valid, presented_key
+from config import api_keys
+from proxy.auth import key_name, presented_key
 from proxy.transport import InProcessBackend
 
 KEYS = ("sk-garden-first-key", "sk-garden-second-key")
@@ -32,7 +33,7 @@ def test_presented_key(headers, key):
     assert presented_key(headers) == key
 
 
-def test_key_is_valid_checks_every_key_in_constant_time(monkeypatch):
+def test_key_name_checks_every_key_in_constant_time(monkeypatch):
     calls = []
     real_compare = hmac.compare_digest
 
@@ -41,11 +42,12 @@ def test_key_is_valid_checks_every_key_in_constant_time(monkeypatch):
         return real_compare(a, b)
 
     monkeypatch.setattr(auth.hmac, "compare_digest", compare)
-    assert key_is_valid(KEYS[0], KEYS) is True
+    assert key_name(KEYS[0], api_keys(KEYS)) == "key-1"
     assert len(calls) == 2  # no early exit on the first match
-    assert key_is_valid("nope", KEYS) is False
-    assert key_is_valid(None, KEYS) is False
-    assert key_is_valid("", ()) is False
+    assert key_name("nope", api_keys(KEYS)) is None
+    assert key_name(None, api_keys(KEYS)) is None
+    assert key_name("", ()) is None
+    assert key_name("sk-b", api_keys(("alice:sk-a", "bob:sk-b", "sk-c"))) == "bob"
 
 
 @pytest.fixture

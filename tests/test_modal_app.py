@@ -197,3 +197,10 @@ def test_the_default_configuration_deploys_one_pool_as_before():
     pools = read_pools()
     assert pools["classes"] == ["OllamaBackend"] and list(pools) == ["default", "classes"]
     assert pools["default"]["gpus"] == [["A100-40GB", 1]]
+
+
+def test_a_key_policy_travels_with_the_keys_in_the_secret_never_in_the_image():
+    policy = '{"partner": {"models": ["llama3.2"], "max_streams": 1}}'
+    wiring = read_wiring(GATEWAY_API_KEYS="partner:sk-one", GATEWAY_KEY_POLICY=policy)
+    assert wiring["gateway_secrets"] == ["Secret.from_dict([GATEWAY_API_KEYS, GATEWAY_KEY_POLICY])"]
+    assert "GATEWAY_KEY_POLICY" not in wiring["image_env"] and "sk-one" not in json.dumps(wiring)

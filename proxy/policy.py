@@ -1,0 +1,109 @@
+"""Sharing a garden: what each named key may use (models), how much at once and per
+minute (limits), and how many tokens it used (from what Ollama already reports).
+
+State is per gateway container: Modal may run several gateway containers under load, and
+each then counts on its own (see the README's "Sharing your garden").
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from backend.names import parse_name
+from config import KeyPolicy
+
+NO_POLICY = KeyPolicy()
+LISTINGS = frozenset({"/api/tags", "/api/ps", "/v1/models"})  # answers that list models: filtered per key
+
+
+def policy_for(name: str, policies: dict[str, KeyPolicy]) -> KeyPolicy:
+    return policies.get(name) or policies.get("*") or NO_POLICY
+
+
+class ModelRules:
+    """A key's allowlist, by Ollama's name rules (`llama3.2` is `llama3.2:latest`)."""
+
+    def __init__(self, models: tuple[str, ...] | None) -> None:
+        self.open = models is None
+        self.keys = frozenset(parsed.key for parsed in map(parse_name, models or ()) if parsed is not None)
+
+    def allows(self, model: str) -> bool:
+        if self.open:
+            return True
+        parsed = parse_name(model)
+        return parsed is not None and parsed.key in self.keys
+
+
+def filter_listing(route: str, body: bytes, rules: ModelRules) -> bytes | None:
+    """A model listing (tags, ps, /v1/models) with only the models `rules` allows, in the
+    same JSON shape; None if `body` is not such a listing."""
+    try:
+        listing = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    field, name_of = ("data", "id") if route == "/v1/models" else ("models", "name")
+    if not isinstance(listing, dict) or not isinstance(listing.get(field) or [], list):
+        return None
+    kept = [m for m in listing.get(field) or [] if isinstance(m, dict) and isinstance(m.get(name_of), str) and rules.allows(m[name_of])]
+    filtered = json.dumps({**listing, field: kept}, separators=(",", ":")).encode()
+    return filtered + b"\n" if route == "/v1/models" else filtered  # as Ollama writes each
+
+
+@dataclass
+class Refusal:
+    message: str
+    retry_after: int
+
+
+class Limits:
+    """Per-key counts of requests in flight and of requests in the last minute."""
+
+    WINDOW = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        self._recent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+
+    def admit(self, name: str, policy: KeyPolicy) -> Refusal | None:
+        """Count a new request of `name` in, or say why not (then nothing is counted)."""
+        if policy.max_streams is not None and self.in_flight[name] >= policy.max_streams:
+            return Refusal(f"key {name!r} has {policy.max_streams} requests in flight, its limit: retry when one ends", 1)
+        if policy.requests_per_minute is not None:
+            now = self.clock()
+            recent = self._recent[name]
+            while recent and recent[0] <= now - self.WINDOW:
+                recent.popleft()
+            if len(recent) >= policy.requests_per_minute:
+                wait = max(1, int(recent[0] + self.WINDOW - now + 0.999))
+                return Refusal(f"key {name!r} made {policy.requests_per_minute} requests in the last minute, its limit", wait)
+            recent.append(now)
+        self.in_flight[name] += 1
+        return None
+
+    def done(self, name: str) -> None:
+        self.in_flight[name] -= 1
+        if self.in_flight[name] <= 0:
+            del self.in_flight[name]
+
+
+# Token counts as Ollama reports them at the end of an answer: the native final line or
+# body (`prompt_eval_count`, `eval_count`), or OpenAI's `usage`. In JSON a quote inside a
+# string is escaped, so these keys cannot be faked by a model's output.
+_NATIVE = re.compile(rb'"prompt_eval_count":\s*(\d+).*?"eval_count":\s*(\d+)', re.S)
+_OPENAI = re.compile(rb'"usage":\s*\{[^{}]*?"prompt_tokens":\s*(\d+)[^{}]*?"completion_tokens":\s*(\d+)', re.S)
+
+
+def reported_tokens(tail: bytes) -> tuple[int, int] | None:
+    """(prompt, completion) tokens from the last bytes of an answer, or None if it has no
+    final report (a stream cut short counts nothing)."""
+    for pattern in (_NATIVE, _OPENAI):
+        found = list(pattern.finditer(tail))
+        if found:
+            return int(found[-1].group(1)), int(found[-1].group(2))
+    return None

@@ -1,0 +1,193 @@
+"""Sharing a garden: named keys, token accounting, model allowlists and limits
+(proxy.policy), with the real ollama and openai clients against the stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import aiohttp
+import ollama
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from backend.relay import OllamaRelay
+from config import ConfigError, KeyPolicy, load_settings
+from proxy.policy import Limits, ModelRules, filter_listing, reported_tokens
+from proxy.transport import InProcessBackend
+
+KEYS = ("alice:sk-alice-secret", "bob:sk-bob-secret", "sk-bare-secret")
+POLICY = (
+    ("bob", KeyPolicy(models=("llama3.2",), max_streams=1)),
+    ("*", KeyPolicy()),
+)
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+async def shared(standin, start_gateway):
+    url, state = standin
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS, gateway_key_policy=POLICY)
+    return gateway, state
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def tokens(gateway: str) -> dict[tuple[str, str, str], float]:
+    async with aiohttp.ClientSession() as http, http.get(gateway + "/metrics", headers=auth("sk-alice-secret")) as response:
+        text = await response.text()
+    return {
+        (s.labels["key"], s.labels["model"], s.labels["kind"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "garden_tokens_total"
+    }
+
+
+async def test_tokens_are_counted_per_key_name_and_model_from_what_ollama_reports(shared, caplog):
+    gateway, state = shared
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    alice = ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-alice-secret"))
+    parts = [p async for p in await alice.chat(model="llama3.2", messages=MESSAGES, stream=True)]  # 8 tokens, streamed
+    assert parts[-1].eval_count == 8 and parts[-1].prompt_eval_count == 12
+    whole = await alice.generate(model="glm-4.7-flash:q8_0", prompt="hi", stream=False, options={"num_predict": 5})
+    assert whole.eval_count == 5
+    bare = openai.AsyncOpenAI(base_url=gateway + "/ollama/v1", api_key="sk-bare-secret")
+    await bare.chat.completions.create(model="llama3.2", messages=MESSAGES, max_tokens=3)  # usage in the body
+    stream = await bare.chat.completions.create(model="llama3.2", messages=MESSAGES, max_tokens=4, stream=True, stream_options={"include_usage": True})
+    usage = [chunk.usage async for chunk in stream if chunk.usage]
+    assert usage[0].completion_tokens == 4
+    async for _ in await bare.chat.completions.create(model="llama3.2", messages=MESSAGES, max_tokens=6, stream=True):
+        pass  # no usage asked for: none reported, none counted
+    await bare.close()
+    counted = await tokens(gateway)
+    assert counted == {
+        ("alice", "llama3.2", "prompt"): 12, ("alice", "llama3.2", "completion"): 8,
+        ("alice", "glm-4.7-flash:q8_0", "prompt"): 12, ("alice", "glm-4.7-flash:q8_0", "completion"): 5,
+        ("key-3", "llama3.2", "prompt"): 24, ("key-3", "llama3.2", "completion"): 7,
+    }  # fmt: skip
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
+    assert lines[0]["key"] == "alice" and (lines[0]["prompt_tokens"], lines[0]["completion_tokens"]) == (12, 8)
+    assert not any("secret" in r.getMessage() for r in caplog.records)  # names, never keys
+
+
+async def test_an_aborted_stream_counts_nothing_and_breaks_nothing(shared):
+    gateway, state = shared
+    state.token_delay = 0.02
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(gateway + "/ollama/api/chat", json={"model": "llama3.2", "messages": MESSAGES}, headers=auth("sk-alice-secret"))
+        await response.content.readline()
+        response.close()
+    await asyncio.sleep(0.1)
+    assert await tokens(gateway) == {}
+    state.token_delay = 0.0
+    parts = [p async for p in await ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-alice-secret")).chat(model="llama3.2", messages=MESSAGES, stream=True)]
+    assert parts[-1].done and (await tokens(gateway))[("alice", "llama3.2", "completion")] == 8
+
+
+async def test_a_model_outside_the_keys_allowlist_is_403_before_ollama_sees_it(shared):
+    gateway, state = shared
+    bob = ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-bob-secret"))
+    with pytest.raises(ollama.ResponseError) as info:
+        await bob.chat(model="glm-4.7-flash:q8_0", messages=MESSAGES)
+    assert info.value.status_code == 403 and info.value.error == "the key 'bob' may not use the model 'glm-4.7-flash:q8_0'"
+    sdk = openai.AsyncOpenAI(base_url=gateway + "/ollama/v1", api_key="sk-bob-secret")
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await sdk.chat.completions.create(model="glm-4.7-flash:q8_0", messages=MESSAGES)
+    assert denied.value.body["type"] == "permission_error"
+    for path, body in (("/api/pull", {"model": "qwen3:8b"}), ("/api/show", {"model": "glm-4.7-flash:q8_0"})):
+        async with aiohttp.ClientSession() as http, http.post(gateway + "/ollama" + path, json=body, headers=auth("sk-bob-secret")) as response:
+            assert response.status == 403
+    assert state.seen == []
+    assert (await bob.chat(model="library/llama3.2:latest", messages=MESSAGES)).done  # by Ollama's name rules
+    await sdk.close()
+
+
+async def test_listings_show_a_key_only_its_models(shared):
+    gateway, _ = shared
+    bob = ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-bob-secret"))
+    assert [m.model for m in (await bob.list()).models] == ["llama3.2:latest"]
+    assert [m.model for m in (await bob.ps()).models] == ["llama3.2:latest"]
+    sdk = openai.AsyncOpenAI(base_url=gateway + "/ollama/v1", api_key="sk-bob-secret")
+    assert [m.id for m in (await sdk.models.list()).data] == ["llama3.2:latest"]
+    await sdk.close()
+    alice = ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-alice-secret"))
+    assert len((await alice.list()).models) == 2  # no allowlist: everything, Ollama's bytes
+
+
+async def test_the_next_concurrent_stream_over_the_limit_gets_429_and_the_count_recovers(shared):
+    gateway, state = shared
+    state.token_delay = 0.05
+    async with aiohttp.ClientSession() as http:
+        first = await http.post(gateway + "/ollama/api/chat", json={"model": "llama3.2", "messages": MESSAGES}, headers=auth("sk-bob-secret"))
+        await first.content.readline()
+        seen = len(state.seen)
+        for path, body in (("/api/chat", {"model": "llama3.2", "messages": MESSAGES}), ("/v1/chat/completions", {"model": "llama3.2", "messages": MESSAGES})):
+            async with http.post(gateway + "/ollama" + path, json=body, headers=auth("sk-bob-secret")) as second:
+                assert second.status == 429 and second.headers["Retry-After"] == "1"
+                error = (await second.json())["error"]
+        assert error["code"] == "rate_limit_exceeded" and "1 requests in flight" in error["message"]  # OpenAI's shape on /v1
+        assert len(state.seen) == seen  # nothing reached Ollama
+        await first.read()
+        first.close()
+        async with http.get(gateway + "/ollama/api/tags", headers=auth("sk-bob-secret")) as third:
+            assert third.status == 200  # the first ended: a place again
+        async with http.post(gateway + "/ollama/api/chat", json={"model": "llama3.2", "messages": MESSAGES}, headers=auth("sk-alice-secret")) as other:
+            assert other.status == 200  # another key has its own count
+
+
+async def test_requests_over_the_rate_get_429_with_retry_after_and_recover(standin, start_gateway, monkeypatch):
+    monkeypatch.setattr(Limits, "WINDOW", 1.0)
+    url, state = standin
+    policy = (("bob", KeyPolicy(requests_per_minute=4)),)
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS, gateway_key_policy=policy)
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for _ in range(6):
+            async with http.get(gateway + "/ollama/api/version", headers=auth("sk-bob-secret")) as response:
+                statuses.append(response.status)
+                retry = response.headers.get("Retry-After")
+        assert statuses == [200, 200, 200, 200, 429, 429] and retry == "1"
+        assert [s.path for s in state.seen].count("/api/version") == 4
+        await asyncio.sleep(1.05)
+        async with http.get(gateway + "/ollama/api/version", headers=auth("sk-bob-secret")) as response:
+            assert response.status == 200
+
+
+# --- The pure parts ---------------------------------------------------------------------
+
+
+def test_reported_tokens_reads_only_a_final_report():
+    final = json.dumps({"done": True, "prompt_eval_count": 12, "eval_count": 8}).encode() + b"\n"
+    assert reported_tokens(b'{"message":{"content":"x"},"done":false}\n' + final) == (12, 8)
+    assert reported_tokens(b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\ndata: [DONE]\n\n') == (3, 2)
+    assert reported_tokens(b'{"message":{"content":"x"},"done":false}\n') is None  # cut short: nothing
+    assert reported_tokens(json.dumps({"response": 'quote "prompt_eval_count": 99, "eval_count": 99'}).encode()) is None  # escaped in JSON
+
+
+def test_listings_are_filtered_in_their_own_shape():
+    rules = ModelRules(("llama3.2",))
+    tags = json.dumps({"models": [{"name": "llama3.2:latest"}, {"name": "glm:q8"}]}).encode()
+    assert filter_listing("/api/tags", tags, rules) == b'{"models":[{"name":"llama3.2:latest"}]}'
+    v1 = json.dumps({"object": "list", "data": [{"id": "glm:q8"}, {"id": "llama3.2:latest"}]}).encode()
+    assert filter_listing("/v1/models", v1, rules) == b'{"object":"list","data":[{"id":"llama3.2:latest"}]}\n'
+    assert filter_listing("/api/tags", b"not json", rules) is None
+    assert ModelRules(None).allows("anything") and not ModelRules(()).allows("llama3.2")
+
+
+def test_named_keys_and_policies_are_validated_at_import():
+    settings = load_settings({"GATEWAY_API_KEYS": "alice:sk-a,sk-b", "GATEWAY_KEY_POLICY": '{"alice": {"models": ["llama3.2"]}, "*": {"max_streams": 2}}'})
+    assert dict(settings.gateway_key_policy) == {"alice": KeyPolicy(models=("llama3.2",)), "*": KeyPolicy(max_streams=2)}
+    for env, message in (
+        ({"GATEWAY_API_KEYS": "a:1,a:2"}, "the name 'a' is given to two keys"),
+        ({"GATEWAY_API_KEYS": "alice:sk-a", "GATEWAY_KEY_POLICY": '{"carol": {}}'}, "'carol' is not the name of a key"),
+        ({"GATEWAY_API_KEYS": "alice:sk-a", "GATEWAY_KEY_POLICY": '{"alice": {"rpm": 5}}'}, "must be an object with models"),
+        ({"GATEWAY_API_KEYS": "alice:sk-a", "GATEWAY_KEY_POLICY": '{"alice": {"max_streams": 0}}'}, "at least 1"),
+        ({"GATEWAY_KEY_POLICY": "{nope"}, "GATEWAY_KEY_POLICY is not JSON"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(env)
