@@ -26,6 +26,7 @@ import asyncio
 import calendar
 import gc
 import json
+import os
 import resource
 import sys
 import time
@@ -267,9 +268,11 @@ async def run_streams(url: str, streams: int, tokens: int, ramp: float, deadline
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     body = json.dumps({**BODY, "options": {"num_predict": tokens}}).encode()
     # A new connection per stream, closed after its answer: each stream is its own user.
+    key = os.environ.get("BENCH_API_KEY")  # the keyed run of the cost split
     request = (
         f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: application/json\r\n"
-        f"Accept: application/x-ndjson\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        + (f"Authorization: Bearer {key}\r\n" if key else "")
+        + f"Accept: application/x-ndjson\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
     step = ramp / streams if streams else 0
     await asyncio.gather(

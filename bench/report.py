@@ -246,6 +246,21 @@ def markdown(res: dict) -> str:
             lines.append(f"| CPU per token, streams of {length} tokens (µs, measured) | {_fmt(g['cpu_per_token_us'][length], 1)} | "
                          f"{_fmt(n['cpu_per_token_us'][length], 1)} | "
                          f"{_fmt(_ratio(g['cpu_per_token_us'][length], n['cpu_per_token_us'][length]))} |")
+        k = res.get("split_keys")
+        if k:  # the same split through a gateway with a named key, a policy and token accounting
+            lines += [
+                "", "The same split through a gateway that checks a named key, applies its policy (an allowlist, limits) "
+                "and counts its tokens (a separate gateway process in the same run):", "",
+                "| figure | gateway | gateway with keys | keys / none |", "|---|---|---|---|",
+                f"| CPU per relayed token, marginal (µs) | {_fmt(g['per_token_us'], 1)} | {_fmt(k['per_token_us'], 1)} | "
+                f"{_fmt(_ratio(k['per_token_us'], g['per_token_us']))} |",
+                f"| CPU per stream, fixed part (µs) | {_fmt(g['per_stream_us'], 0)} | {_fmt(k['per_stream_us'], 0)} | "
+                f"{_fmt(_ratio(k['per_stream_us'], g['per_stream_us']))} |",
+            ]
+            for length in (short, long):
+                lines.append(f"| CPU per token, streams of {length} tokens (µs, measured) | {_fmt(g['cpu_per_token_us'][length], 1)} | "
+                             f"{_fmt(k['cpu_per_token_us'][length], 1)} | "
+                             f"{_fmt(_ratio(k['cpu_per_token_us'][length], g['cpu_per_token_us'][length]))} |")
     lines += ["", "## Run conditions (steady phase)", "",
               "| target | client CPU (% of one core) | client CPU s per 1,000 tokens | upstream CPU (% of one core) "
               "| other processes' CPU / hypervisor steal (% of one core) | client event-loop lag max (ms) "

@@ -54,7 +54,7 @@ class Sampler(threading.Thread):
 
 
 def run_load(stack: Stack, target: str, streams: int, tokens: int, ramp: float, deadline: float, warmup_tokens: int,
-             out: Path, clients: int) -> dict:
+             out: Path, clients: int, client_env: dict[str, str] | None = None) -> dict:
     """One measured load through `target`; returns the merged client results and the CPU deltas."""
     loaders = []
     for k in range(clients):
@@ -63,7 +63,7 @@ def run_load(stack: Stack, target: str, streams: int, tokens: int, ramp: float, 
                "--ramp", str(ramp), "--deadline", str(deadline), "--warmup-tokens", str(warmup_tokens),
                "--out", str(out.with_suffix(f".{k}.json"))]
         loaders.append(subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                        start_new_session=True))
+                                        start_new_session=True, env={**os.environ, **(client_env or {})}))
     try:
         for p in loaders:
             line = p.stdout.readline().strip()
@@ -339,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     # (accept, parse, route, log: per request) plus a part per relayed token; two lengths
     # give both, so a CPU-per-token ratio can be read for any stream length.
     split_runs: dict[str, dict[int, dict]] = {}
+    keyed_split: dict[int, dict] = {}
     if args.split:
         with Stack(args.upstream, args.rate, max(args.split), out, "split", **stack_kw) as st:
             for target in PROXIES:
@@ -349,6 +350,18 @@ def main(argv: list[str] | None = None) -> int:
                                         out=out / f"split-{target}-{tokens}", clients=args.clients)
                     split_runs.setdefault(target, {})[tokens] = res
                     log(f"  ok {res['ok']}/{args.streams}, cpu {res['cpu'][target]:.2f}s")
+        # The same split through a gateway that checks a named key, applies its policy
+        # (an allowlist and limits it never reaches) and counts its tokens.
+        keyed_env = {"GATEWAY_API_KEYS": "bench:sk-bench-key",
+                     "GATEWAY_KEY_POLICY": '{"bench": {"models": ["llama3.2"], "max_streams": 100000, "requests_per_minute": 10000000}}'}
+        with Stack(args.upstream, args.rate, max(args.split), out, "split-keys", **{**stack_kw, "gateway_env": {**stack_kw["gateway_env"], **keyed_env}}) as st:
+            for tokens in args.split:
+                log(f"cost split: gateway with keys, a policy and token accounting, {args.streams} streams x {tokens} tokens")
+                res = guard.measure(st, f"split gateway+keys {tokens}", target="gateway", streams=args.streams, tokens=tokens,
+                                    ramp=args.ramp, deadline=2 * tokens / args.rate + 5, warmup_tokens=warmup,
+                                    out=out / f"split-keys-{tokens}", clients=args.clients, client_env={"BENCH_API_KEY": "sk-bench-key"})
+                keyed_split[tokens] = res
+                log(f"  ok {res['ok']}/{args.streams}, cpu {res['cpu']['gateway']:.2f}s")
 
     # Saturation phase: step the concurrency up until a target fails or the top step is done.
     sat_runs: dict[str, list[dict]] = {t: [] for t in TARGETS}
@@ -375,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import report
 
     results = report.build(args, info, steady_runs, sat_runs, steady_hwm, sat_hwm, split_runs)
+    results["split_keys"] = report.cost_split(keyed_split, "gateway") if keyed_split else None
     from bench import idle
 
     log("idle hour: backend calls caused by idle chat tabs, before and after the catalog")
