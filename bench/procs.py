@@ -96,14 +96,14 @@ def listen_drops() -> dict[str, int]:
     return {}
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float, expect: bytes = b"") -> None:
+def wait_http(url: str, proc: subprocess.Popen, timeout: float, expect: bytes = b"", headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before answering {url}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:  # loopback only
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=1) as r:  # loopback only
                 if expect in r.read():
                     return
         except OSError as exc:

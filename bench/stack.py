@@ -117,7 +117,9 @@ class Stack:
             cmd = [py_gw, "-m", "proxy", "--port", str(gw)]
         self._spawn("gateway", cmd, {**env, **self.gateway_env, "OLLAMA_HOST": f"127.0.0.1:{up}"})
         procs.wait_http(f"http://127.0.0.1:{gw}/health", self.procs_["gateway"], 30, b"ok")
-        procs.wait_http(f"http://127.0.0.1:{gw}/ollama/", self.procs_["gateway"], 10, b"Ollama is running")
+        key = self.gateway_env.get("GATEWAY_API_KEYS", "").split(",")[0].rpartition(":")[2]  # a `name:key` entry's key
+        auth = {"Authorization": f"Bearer {key}"} if key else None
+        procs.wait_http(f"http://127.0.0.1:{gw}/ollama/", self.procs_["gateway"], 10, b"Ollama is running", auth)
 
         binary = nginx_binary()
         assert binary, "nginx_binary() was checked by the caller"

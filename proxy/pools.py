@@ -21,7 +21,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from backend.http1 import BodySink
 from backend.names import parse_name
 from backend.routes import route_of
 from backend.wire import RequestFrame
