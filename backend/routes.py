@@ -54,8 +54,10 @@ def route_of(path: str) -> str:
 
 def writes_model_store(method: str, path: str) -> bool:
     """True for pull, push, create, copy, delete and blob uploads (`POST /api/blobs/<digest>`)."""
-    route = route_of(path)
     method = method.upper()
+    if method not in ("POST", "DELETE"):
+        return False  # no route is decoded for a read
+    route = route_of(path)
     return (method, route) in _WRITES or (method == "POST" and route.startswith("/api/blobs/"))
 
 

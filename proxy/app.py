@@ -16,9 +16,9 @@ from config import APP_NAME, Settings, api_keys
 from proxy.auth import is_loopback_host, key_name, origin_may_call, presented_key
 from proxy.catalog import CatalogBackend, CatalogSource
 from proxy.errors import error_response
-from proxy.forward import EXCHANGE, MODEL_RULES, Forwarder, forwarded_path
-from proxy.observe import Exchange, Metrics, path_family
-from proxy.paths import PREFIX, api_family
+from proxy.forward import EXCHANGE, MODEL_RULES, Forwarder, forwarded_path, forwarded_route
+from proxy.observe import Exchange, Metrics, route_family
+from proxy.paths import PREFIX, route_api_family
 from proxy.policy import Limits, ModelRules, policy_for
 from proxy.transport import Backend
 
@@ -43,8 +43,8 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def _family(request: web.Request) -> str:
-    path = forwarded_path(request)
-    return api_family(path) if path else "ollama"
+    route = forwarded_route(request)
+    return route_api_family(route) if route else "ollama"
 
 
 @web.middleware
@@ -80,8 +80,8 @@ def observe(metrics: Metrics) -> Middleware:
         path = forwarded_path(request)
         if path is None or request.method == "OPTIONS":
             return await handler(request)
-        route = path.partition("?")[0]  # logged without the query string
-        exchange = request[EXCHANGE] = Exchange(request.method, route, path_family(path))
+        logged = path.partition("?")[0]  # logged without the query string
+        exchange = request[EXCHANGE] = Exchange(request.method, logged, route_family(forwarded_route(request)))
         metrics.in_flight.inc()
         try:
             response = await handler(request)

@@ -16,7 +16,7 @@ from proxy.bodies import body_facts, stream_content_type
 from proxy.errors import error_response, keepalive_bytes, stream_error_tail
 from proxy.headers import body_length, client_response_headers, upstream_request_headers
 from proxy.observe import Exchange
-from proxy.paths import api_family, upstream_path
+from proxy.paths import route_api_family, upstream_path
 from proxy.policy import LISTINGS, ModelRules, filter_listing, reported_tokens
 from proxy.pools import model_named
 from proxy.transport import Backend, BackendResponse
@@ -28,6 +28,7 @@ MODEL_RULES = web.RequestKey("model_rules", ModelRules)  # set by the guard for 
 KEEPALIVE_INTERVAL = 5.0  # seconds between keep-alive bytes while a stream waits for the backend
 LISTING_LIMIT = 8 * 1024 * 1024  # a model listing larger than this is not filtered but refused
 _PATH = web.RequestKey("upstream_path", str)
+_ROUTE = web.RequestKey("upstream_route", str)
 
 
 def forwarded_path(request: web.Request) -> str | None:
@@ -35,6 +36,15 @@ def forwarded_path(request: web.Request) -> str | None:
     if _PATH not in request:
         request[_PATH] = upstream_path(request.rel_url.raw_path, request.rel_url.raw_query_string) or ""
     return request[_PATH] or None
+
+
+def forwarded_route(request: web.Request) -> str | None:
+    """The route Ollama will match for `forwarded_path` (`route_of`): what every rule is
+    decided on. Computed once per request."""
+    if _ROUTE not in request:
+        path = forwarded_path(request)
+        request[_ROUTE] = route_of(path) if path else ""
+    return request[_ROUTE] or None
 
 
 class ClientBody:
@@ -159,7 +169,8 @@ class Forwarder:
         path = forwarded_path(request)
         if path is None:  # only routed here for /ollama and below
             raise web.HTTPNotFound()
-        family = api_family(path)
+        route = forwarded_route(request)
+        family = route_api_family(route)
         exchange: Exchange = request[EXCHANGE]
         # Request bodies are bounded by the app's client_max_size and in time (a slow
         # drip never trips an idle timeout); Modal needs the whole body as a call
@@ -183,9 +194,9 @@ class Forwarder:
             if named is not None and not rules.allows(named):
                 exchange.error = "model_not_allowed"
                 return error_response(403, f"the key {exchange.key!r} may not use the model {named[:200]!r}", family)
-            if request.method in ("GET", "HEAD") and route_of(path) in LISTINGS:
+            if request.method in ("GET", "HEAD") and route in LISTINGS:
                 listing_rules = rules
-        streams_as = stream_content_type(request.method, route_of(path), facts)
+        streams_as = stream_content_type(request.method, route, facts)
         if streams_as is not None and self.early_head_s is not None and self.early_head_s < self.stream_timeout:
             return await self._stream(request, frame, streams_as, family, exchange)
         try:
@@ -194,7 +205,7 @@ class Forwarder:
         except Exception as exc:  # noqa: BLE001 (each kind becomes its own answer)
             return self._no_head(exc, family, exchange, self.first_byte_timeout)
         if listing_rules is not None and upstream.status == 200:
-            return await self._relay_listing(request, upstream, exchange, listing_rules, route_of(path))
+            return await self._relay_listing(request, upstream, exchange, listing_rules, route)
         return await self._relay(request, upstream, exchange)
 
     async def _relay_listing(self, request: web.Request, upstream: BackendResponse, exchange: Exchange, rules: ModelRules, route: str) -> web.StreamResponse:
@@ -207,7 +218,7 @@ class Forwarder:
         filtered = filter_listing(route, bytes(collector.data), rules)
         if filtered is None or len(collector.data) >= LISTING_LIMIT:
             exchange.error = "listing_unreadable"
-            return error_response(502, "the model listing could not be read to filter it for this key", api_family(route))
+            return error_response(502, "the model listing could not be read to filter it for this key", route_api_family(route))
         exchange.first_byte = exchange.backend_head = time.perf_counter()
         exchange.status, exchange.served_by, exchange.pool = 200, upstream.served_by, upstream.pool
         content_type = next((v for k, v in upstream.headers if k.lower() == "content-type"), "application/json")

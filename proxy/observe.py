@@ -46,7 +46,11 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"
 
 def path_family(path: str) -> str:
     """`/api/chat?x` -> `api/chat`; `/v1/models/llama3` -> `v1/models`; unknown -> `other`."""
-    route = route_of(path)
+    return route_family(route_of(path))
+
+
+def route_family(route: str) -> str:
+    """`path_family` of a route already decoded by `route_of`."""
     if route in _FAMILIES:
         return _FAMILIES[route]
     if route.startswith("/v1/models/"):
@@ -108,6 +112,9 @@ class Exchange:
         return fields
 
 
+LONG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)  # seconds: a stream, a cold start
+
+
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of its own (one per app)."""
 
@@ -129,14 +136,14 @@ class Metrics:
             "garden_request_duration_seconds",
             "From request to the last byte relayed",
             ["family"],
-            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            buckets=LONG_BUCKETS,
             registry=r,
         )
         self.backend_wait = Histogram(
             "garden_backend_wait_seconds",
             "From request to the backend's response head (a cold start included)",
             ["family"],
-            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            buckets=LONG_BUCKETS,
             registry=r,
         )
         self.early_heads = Counter("garden_early_heads", "Streams whose head the gateway sent while the backend started", ["family"], registry=r)

@@ -29,5 +29,9 @@ def api_family(path: str) -> str:
 
     Decides the shape of errors the gateway writes itself.
     """
-    route = route_of(path)
+    return route_api_family(route_of(path))
+
+
+def route_api_family(route: str) -> str:
+    """`api_family` of a route already decoded by `route_of`."""
     return "openai" if route == "/v1" or route.startswith("/v1/") else "ollama"

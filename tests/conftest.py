@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -158,6 +159,16 @@ async def raw_exchange(url: str, request: bytes) -> bytes:
         return await asyncio.wait_for(reader.read(), 5)
     finally:
         writer.close()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.01)
+    return predicate()
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]

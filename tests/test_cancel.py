@@ -14,6 +14,7 @@ from backend.cancel import LocalStopSignals, until_stopped
 from backend.relay import OllamaRelay
 from backend.service import OllamaService
 from proxy.transport import InProcessBackend, RemoteBackend
+from tests.conftest import wait_for
 from tests.fake_modal import FakeModalQueue, detached_call
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "tell me a long story"}], "options": {"num_predict": 400}}
@@ -28,15 +29,6 @@ async def leave_mid_stream(url: str, lines: int = 2) -> float:
             assert (await response.content.readline()).endswith(b"\n")
         response.close()
         return time.monotonic()
-
-
-async def wait_for(predicate, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 async def test_local_disconnect_stops_ollama_within_a_second(standin, gateway):

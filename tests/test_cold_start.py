@@ -17,6 +17,7 @@ import pytest
 from backend.relay import OllamaRelay
 from proxy import forward
 from proxy.transport import InProcessBackend
+from tests.conftest import wait_for
 
 EARLY = 0.2  # seconds: GATEWAY_EARLY_HEAD_S, scaled down
 START = 1.5  # seconds: a cold start several times longer than EARLY
@@ -137,7 +138,7 @@ async def test_a_client_that_leaves_during_the_cold_start_stops_the_backend(cold
         await asyncio.sleep(EARLY)
         response.close()
         left = time.monotonic()
-    assert await wait_until(lambda: cold.stops.sent == [cold.method.calls[0]["request_id"]], 1.0)
+    assert await wait_for(lambda: cold.stops.sent == [cold.method.calls[0]["request_id"]], 1.0)
     assert time.monotonic() - left < 1.0
     await asyncio.sleep(START)  # the container comes up, finds the stop, and does nothing
     assert state.streams_finished == 0 and all(p.done() for p in cold.method.producers)
@@ -152,7 +153,7 @@ async def test_a_client_that_leaves_while_the_model_loads_stops_ollama_within_a_
         await asyncio.sleep(0.3)
         response.close()
         left = time.monotonic()
-    assert await wait_until(lambda: garden.state.streams_cancelled == 1, 1.0)
+    assert await wait_for(lambda: garden.state.streams_cancelled == 1, 1.0)
     assert garden.state.cancel_times[0] - left < 1.0
 
 
@@ -182,15 +183,6 @@ async def test_the_wait_the_early_head_and_the_cold_start_are_recorded(cold, cap
     assert 'garden_early_heads_total{family="api/chat"} 1.0' in metrics
     assert "garden_cold_starts_total 1.0" in metrics
     assert 'garden_backend_wait_seconds_count{family="api/chat"} 2.0' in metrics
-
-
-async def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.01)
-    return predicate()
 
 
 async def test_a_400_or_a_backend_that_fails_to_start_is_told_in_band_too(cold, monkeypatch):

@@ -3,7 +3,6 @@ the Modal-like seam with two pools that count their calls, each with its own Oll
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from config import Pool
 from proxy.catalog import containers_up
 from proxy.pools import PoolRoute, PoolRouter, model_named
 from proxy.transport import RemoteBackend
-from tests.conftest import serve
+from tests.conftest import serve, wait_for
 from tests.fake_modal import FakeBackendMethod, FakeModalDict
 from tests.fake_ollama import AlreadyRunning
 from tests.ollama_standin import VERSION, StandinState, create_standin
@@ -124,10 +123,7 @@ async def test_a_client_that_leaves_stops_only_its_own_pools_work(two_pools):
         await left.content.readline()
         left.close()
         gone = time.monotonic()
-        deadline = gone + 1.0
-        while slow.state.streams_cancelled == 0 and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert slow.state.streams_cancelled == 1 and time.monotonic() - gone < 1.0
+        assert await wait_for(lambda: slow.state.streams_cancelled == 1, 1.0) and time.monotonic() - gone < 1.0
         assert len(slow.stops.sent) == 1 and other.stops.sent == []
         lines = (await kept.read()).splitlines()
         assert json.loads(lines[-1])["done"] is True and other.state.streams_cancelled == 0
