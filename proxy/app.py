@@ -141,16 +141,18 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
         path = forwarded_path(request)
         if settings.gateway_read_only and path and not allowed_when_read_only(request.method, path):
             return error_response(403, "this garden is read-only: only chat, generation, embeddings and model listings are served", family)
-        policy = policy_for(name, policies)
-        limited = path is not None and (policy.max_streams is not None or policy.requests_per_minute is not None)
-        if limited:
-            refusal = limits.admit(name, policy)
-            if refusal is not None:
-                return error_response(429, refusal.message, family, {"Retry-After": str(refusal.retry_after)})
-        if path is not None and policy.models is not None:
-            request[MODEL_RULES] = rules.get(name) or rules["*"]
+        limited = False
+        if policies and path is not None:
+            policy = policy_for(name, policies)
+            limited = policy.max_streams is not None or policy.requests_per_minute is not None
+            if limited:
+                refusal = limits.admit(name, policy)
+                if refusal is not None:
+                    return error_response(429, refusal.message, family, {"Retry-After": str(refusal.retry_after)})
+            if policy.models is not None:
+                request[MODEL_RULES] = rules.get(name) or rules["*"]
         try:
-            if request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+            if hdrs.EXPECT in request.headers and request.version == HttpVersion11 and request.headers[hdrs.EXPECT].lower() == "100-continue":
                 # Only now, with every check passed, may the client send its body.
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 request.writer.output_size = 0

@@ -164,10 +164,11 @@ class CatalogBackend:
         return ANSWERED_HERE if self.source is not None else ()
 
     async def open(self, request: RequestFrame) -> BackendResponse:
-        if self.source is not None:
-            answer = await self._answer(request)
-            if answer is not None:
-                return answer
+        if self.source is None:  # local mode: everything is forwarded
+            return await self.backend.open(request)
+        answer = await self._answer(request)
+        if answer is not None:
+            return answer
         response = await self.backend.open(request)
         if writes_model_store(request["method"], request["path"]):
             self.forget_catalog()  # the backend rewrites the catalog before this completes

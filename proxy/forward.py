@@ -176,8 +176,11 @@ class Forwarder:
         # drip never trips an idle timeout); Modal needs the whole body as a call
         # argument anyway. Response bodies are never buffered.
         try:
-            async with asyncio.timeout(self.body_timeout):
+            if request.content.is_eof():  # the whole body came with the head: nothing to wait for
                 body = await request.read()
+            else:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await request.read()
         except TimeoutError:
             exchange.error = "body_timeout"
             return await answer_and_close(request, error_response(408, f"the request body did not arrive within {self.body_timeout:.0f}s", family))
@@ -360,19 +363,20 @@ class _EarlyHead:
     """
 
     def __init__(self, request: web.Request, content_type: str, exchange: Exchange) -> None:
+        # Only plain references: a warm stream never starts this, and must not pay for it.
         self.request = request
         self.content_type = content_type
         self.exchange = exchange
-        self.response = web.StreamResponse(status=200, headers={"Content-Type": content_type, "X-Accel-Buffering": "no"})
         self.body: ClientBody | None = None
         self.task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     @property
     def started(self) -> bool:
         return self.task is not None
 
     def start(self) -> None:
+        self.response = web.StreamResponse(status=200, headers={"Content-Type": self.content_type, "X-Accel-Buffering": "no"})
+        self._stopping = asyncio.Event()
         self.task = asyncio.ensure_future(self._keep_alive())
 
     async def _keep_alive(self) -> None:

@@ -95,15 +95,21 @@ class Limits:
 # Token counts as Ollama reports them at the end of an answer: the native final line or
 # body (`prompt_eval_count`, `eval_count`), or OpenAI's `usage`. In JSON a quote inside a
 # string is escaped, so these keys cannot be faked by a model's output.
-_NATIVE = re.compile(rb'"prompt_eval_count":\s*(\d+).*?"eval_count":\s*(\d+)', re.S)
-_OPENAI = re.compile(rb'"usage":\s*\{[^{}]*?"prompt_tokens":\s*(\d+)[^{}]*?"completion_tokens":\s*(\d+)', re.S)
+_NUMBER = re.compile(rb"\s*(\d+)")
+_REPORTS = ((b'"prompt_eval_count":', b'"eval_count":'), (b'"prompt_tokens":', b'"completion_tokens":'))
 
 
 def reported_tokens(tail: bytes) -> tuple[int, int] | None:
     """(prompt, completion) tokens from the last bytes of an answer, or None if it has no
-    final report (a stream cut short counts nothing)."""
-    for pattern in (_NATIVE, _OPENAI):
-        found = list(pattern.finditer(tail))
-        if found:
-            return int(found[-1].group(1)), int(found[-1].group(2))
+    final report (a stream cut short counts nothing). Found from the end, with no scan of
+    what came before."""
+    for prompt_key, completion_key in _REPORTS:
+        prompt_at = tail.rfind(prompt_key)
+        if prompt_at < 0:
+            continue
+        completion_at = tail.find(completion_key, prompt_at + len(prompt_key))
+        prompt = _NUMBER.match(tail, prompt_at + len(prompt_key))
+        completion = _NUMBER.match(tail, completion_at + len(completion_key)) if completion_at >= 0 else None
+        if prompt and completion:
+            return int(prompt.group(1)), int(completion.group(1))
     return None
