@@ -81,7 +81,7 @@ class GardenBackend:
                 "OLLAMA_KEEP_ALIVE": "-1",  # stay loaded; Modal's scaledown decides when to stop
             },
         )
-        models = next(pool.models for pool in settings.ollama_pools if pool.name == self.pool_name)  # only its own
+        models = settings.pool_models(self.pool_name)  # only its own
         catalog = DictCatalog(catalog_dict, settings.ollama_version)
         self.service = OllamaService(BACKEND_OLLAMA_URL, models, commit=models_volume.commit, server=server, catalog=catalog)
         self.service.start()

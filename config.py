@@ -268,6 +268,10 @@ class Settings:
     gateway_cors_origins: tuple[str, ...] = ("*",)
     gateway_read_only: bool = False
 
+    def pool_models(self, name: str) -> tuple[str, ...]:
+        """The models pool `name` pulls and preloads (only its own)."""
+        return next(pool.models for pool in self.ollama_pools if pool.name == name)
+
     @property
     def gateway_timeout(self) -> int:
         return min(self.ollama_timeout + GATEWAY_TIMEOUT_MARGIN, MODAL_MAX_TIMEOUT)

@@ -204,3 +204,16 @@ def test_a_key_policy_travels_with_the_keys_in_the_secret_never_in_the_image():
     wiring = read_wiring(GATEWAY_API_KEYS="partner:sk-one", GATEWAY_KEY_POLICY=policy)
     assert wiring["gateway_secrets"] == ["Secret.from_dict([GATEWAY_API_KEYS, GATEWAY_KEY_POLICY])"]
     assert "GATEWAY_KEY_POLICY" not in wiring["image_env"] and "sk-one" not in json.dumps(wiring)
+
+
+def test_each_pools_class_pulls_and_preloads_only_its_own_models():
+    script = """
+import json, app
+print(json.dumps({cls.__name__: list(app.settings.pool_models(cls.pool_name)) for cls in app.GardenBackend.__subclasses__()}))
+"""
+    env = env_with_path(None, OLLAMA_MODEL_LIST="qwen3:8b@L4,glm-4.7-flash:q8_0@A100-80GB,llama3.2,phi4@L4")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {
+        "OllamaBackend": ["llama3.2"], "OllamaBackend_L4": ["qwen3:8b", "phi4"], "OllamaBackend_A100_80GB": ["glm-4.7-flash:q8_0"],
+    }  # fmt: skip
