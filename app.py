@@ -13,7 +13,7 @@ from pathlib import Path
 
 import modal
 
-from config import APP_NAME, DEFAULT_POOL, MODAL_WEB_FIRST_BYTE_LIMIT, Pool, forwarded_env, settings
+from config import APP_NAME, DEFAULT_POOL, MODAL_WEB_FIRST_BYTE_LIMIT, ConfigError, Pool, forwarded_env, settings
 
 app = modal.App(APP_NAME)
 
@@ -82,7 +82,7 @@ class GardenBackend:
             },
         )
         models = settings.pool_models(self.pool_name)  # only its own
-        catalog = DictCatalog(catalog_dict, settings.ollama_version)
+        catalog = DictCatalog(catalog_dict, settings.ollama_version, self.pool_name)
         self.service = OllamaService(BACKEND_OLLAMA_URL, models, commit=models_volume.commit, server=server, catalog=catalog)
         self.service.start()
 
@@ -137,14 +137,17 @@ if settings.ollama_warm_schedule:
         from backend.warm import apply_schedule
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        for backend in backend_classes.values():  # every pool is warm in the windows
-            apply_schedule(settings.ollama_warm_schedule, backend(), datetime.now(timezone.utc), lead=timedelta(minutes=5))
+        for pool in settings.ollama_pools:  # every pool with models is warm in the windows
+            if pool.models:
+                apply_schedule(settings.ollama_warm_schedule, backend_classes[pool.name](), datetime.now(timezone.utc), lead=timedelta(minutes=5))
 
 
 # --- Gateway: always warm, CPU only -----------------------------------------------------
 # API keys (GATEWAY_API_KEYS, and GATEWAY_KEY_POLICY with them) reach the gateway from a named Secret, or from the
 # deployer's environment (then Modal stores them as a Secret, never in the image).
 if settings.gateway_api_keys_secret:
+    if modal.is_local() and os.environ.get("GATEWAY_KEY_POLICY"):
+        raise ConfigError("GATEWAY_KEY_POLICY is set here but the keys come from GATEWAY_API_KEYS_SECRET: put the policy in that secret")
     gateway_secrets = [modal.Secret.from_name(settings.gateway_api_keys_secret)]
 elif settings.gateway_api_keys:
     from_deployer = {name: os.environ[name] for name in ("GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY") if os.environ.get(name)}
@@ -169,7 +172,7 @@ def gateway() -> None:
     from backend.cancel import QueueStopSignals
     from backend.catalog import DictCatalog
     from proxy.app import create_app
-    from proxy.catalog import containers_up
+    from proxy.catalog import CatalogBackend, containers_up
     from proxy.pools import PoolRoute, PoolRouter
     from proxy.server import serve_in_thread
     from proxy.transport import RemoteBackend
@@ -179,10 +182,12 @@ def gateway() -> None:
     routes = []
     for pool in settings.ollama_pools:  # each model's requests to its pool's GPU class
         method = backend_classes[pool.name]().proxy
+        # Metadata from the pool's own catalog, without a GPU; the rest to its GPU class.
+        remote = CatalogBackend(RemoteBackend(method.remote_gen.aio, stops), DictCatalog(catalog_dict, settings.ollama_version, pool.name))
         # /api/ps asks Modal which pools have a container up (no input, no container started).
-        routes.append(PoolRoute(pool.name, RemoteBackend(method.remote_gen.aio, stops), pool.models, containers_up(method)))
+        routes.append(PoolRoute(pool.name, remote, pool.models, containers_up(method)))
     backend = PoolRouter(routes, default=DEFAULT_POOL)
-    catalog = DictCatalog(catalog_dict, settings.ollama_version)  # metadata answered without a GPU
+    catalog = None  # inside each pool
     # A thread of this process, not a subprocess, so the server can call OllamaBackend.
     # Modal cuts a response that has not started within 150 s: a request that does not
     # stream gets its 504 first (streams get an early head from the gateway instead).

@@ -210,6 +210,11 @@ def _key_policies(env: Mapping[str, str], keys: tuple[ApiKey, ...]) -> tuple[tup
         models = rules.get("models")
         if models is not None and not (isinstance(models, list) and all(isinstance(m, str) and m.strip() for m in models)):
             raise ConfigError(f"{name}: models for {who!r} must be a list of model names")
+        from backend.names import parse_name
+
+        invalid = next((m for m in models or () if parse_name(m.strip()) is None), None)
+        if invalid is not None:
+            raise ConfigError(f"{name}: {invalid!r} (for {who!r}) is not an Ollama model name (such as llama3.2 or qwen3:8b)")
         for limit in ("max_streams", "requests_per_minute"):
             value = rules.get(limit)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):

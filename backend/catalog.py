@@ -91,18 +91,22 @@ class DictCatalog:
     and after an upgrade the old release's answers must not be served as the new one's.
     """
 
-    def __init__(self, store: Any, ollama_version: str) -> None:
+    def __init__(self, store: Any, ollama_version: str, pool: str = "default") -> None:
         self.store = store
         self.ollama_version = ollama_version
+        # One catalog per GPU pool: each is what that pool's Ollama answers, so the gateway
+        # answers exactly what the pool a request goes to would (their views of the shared
+        # volume differ until a container restarts).
+        self.key = CATALOG_KEY if pool == "default" else f"{CATALOG_KEY}:{pool}"
 
     def write(self, catalog: dict[str, Any]) -> None:
-        self.store.put(CATALOG_KEY, {**catalog, "deployed_ollama": self.ollama_version})
+        self.store.put(self.key, {**catalog, "deployed_ollama": self.ollama_version})
 
     def remove(self) -> None:
-        self.store.pop(CATALOG_KEY, None)
+        self.store.pop(self.key, None)
 
     async def read(self) -> dict[str, Any] | None:
-        catalog = await self.store.get.aio(CATALOG_KEY)
+        catalog = await self.store.get.aio(self.key)
         if not isinstance(catalog, dict) or catalog.get("format") != FORMAT or catalog.get("deployed_ollama") != self.ollama_version:
             return None
         return catalog

@@ -61,7 +61,7 @@ async def replay(with_catalog: bool) -> dict:
     from backend.service import OllamaService
     from config import Settings
     from proxy.app import create_app
-    from proxy.catalog import containers_up
+    from proxy.catalog import CatalogBackend, containers_up
     from proxy.pools import PoolRoute, PoolRouter
     from proxy.transport import RemoteBackend
     from tests.conftest import serve, serve_gateway
@@ -79,9 +79,9 @@ async def replay(with_catalog: bool) -> dict:
     method.scale_to_zero()
     remote = RemoteBackend(method.remote_gen.aio, stops)
     # Before: every request forwarded. After: metadata from the catalog, /api/ps from Modal's stats.
-    backend = PoolRouter([PoolRoute("default", remote, ("llama3.2",), containers_up(method) if with_catalog else None)])
-    source = DictCatalog(store, VERSION) if with_catalog else None
-    gateway = await serve_gateway(create_app(backend, Settings(), backend_kind="modal", catalog=source))
+    pool = CatalogBackend(remote, DictCatalog(store, VERSION) if with_catalog else None)  # as app.py wires a pool
+    backend = PoolRouter([PoolRoute("default", pool, ("llama3.2",), containers_up(method) if with_catalog else None)])
+    gateway = await serve_gateway(create_app(backend, Settings(), backend_kind="modal"))
     call_times: list[float] = []
     events = idle_hour()
     try:

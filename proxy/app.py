@@ -142,6 +142,9 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
         if settings.gateway_read_only and path and not allowed_when_read_only(request.method, path):
             return error_response(403, "this garden is read-only: only chat, generation, embeddings and model listings are served", family)
         limited = False
+        if policies and path is None and policy_for(name, policies).models is not None:
+            # /metrics names every key, model and count: not for a key limited to some models.
+            return error_response(403, f"the key {name!r} may use only some models: /metrics is for the garden's owner", family)
         if policies and path is not None:
             policy = policy_for(name, policies)
             limited = policy.max_streams is not None or policy.requests_per_minute is not None

@@ -71,3 +71,53 @@ def stream_content_type(method: str, route: str, facts: BodyFacts) -> str | None
     if route in _OPENAI_STREAMS and facts.stream is True:
         return SSE
     return None
+
+
+# Where each route names its models, as Ollama's handlers read them (server/routes.go):
+# groups of fields, the first non-empty field of each group naming one model (Go's
+# cmp.Or(req.Model, req.Name)). A copy names two models, a create its own and its base.
+_MODEL_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "/api/copy": (("source",), ("destination",)),
+    "/api/create": (("model", "name"), ("from",)),
+}
+_DEFAULT_FIELDS = (("model", "name"),)
+# Routes that act on a model (everything else lists or describes the server).
+MODEL_ROUTES = frozenset(
+    {
+        "/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show", "/api/pull", "/api/push",
+        "/api/delete", "/api/create", "/api/copy", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+        "/v1/responses", "/v1/messages",
+    }
+)  # fmt: skip
+
+
+class _Pairs(list):
+    """A JSON object as its (key, value) pairs, in order (duplicates kept)."""
+
+
+def names_a_model(route: str) -> bool:
+    return route in MODEL_ROUTES or route.startswith("/v1/models/")
+
+
+def models_named(route: str, body: bytes) -> tuple[str, ...] | None:
+    """The models Ollama will use for this request, read as Go's encoding/json reads the
+    body: only top-level keys, matched without regard to case (the last match wins), and
+    invalid UTF-8 replaced rather than refused. () if it names none; None if the body is
+    not a JSON object this parser can read (the caller decides: Ollama may read it)."""
+    if route.startswith("/v1/models/"):
+        return (route[len("/v1/models/") :],)
+    if not body:
+        return ()
+    try:
+        parsed = json.loads(body.decode("utf-8", "replace"), object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(parsed, _Pairs):
+        return None
+    fields = {key.casefold(): value for key, value in parsed}  # Go's EqualFold; the last one wins
+    named = []
+    for group in _MODEL_FIELDS.get(route, _DEFAULT_FIELDS):
+        value = next((fields[f] for f in group if isinstance(fields.get(f), str) and fields[f]), None)
+        if value is not None:
+            named.append(value)
+    return tuple(named)

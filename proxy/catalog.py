@@ -161,7 +161,9 @@ class CatalogBackend:
 
     @property
     def answered_here(self) -> tuple[str, ...]:
-        return ANSWERED_HERE if self.source is not None else ()
+        if self.source is not None:
+            return ANSWERED_HERE
+        return getattr(self.backend, "answered_here", ())  # per-pool catalogs, inside proxy.pools
 
     async def open(self, request: RequestFrame) -> BackendResponse:
         if self.source is None:  # local mode: everything is forwarded

@@ -12,13 +12,12 @@ from aiohttp.web import RequestPayloadError
 
 from backend.routes import route_of
 from backend.wire import BackendUnavailable, RequestFrame, UpstreamBroken, request_frame
-from proxy.bodies import body_facts, stream_content_type
+from proxy.bodies import body_facts, models_named, names_a_model, stream_content_type
 from proxy.errors import error_response, keepalive_bytes, stream_error_tail
 from proxy.headers import body_length, client_response_headers, upstream_request_headers
 from proxy.observe import Exchange
 from proxy.paths import route_api_family, upstream_path
 from proxy.policy import LISTINGS, ModelRules, filter_listing, reported_tokens
-from proxy.pools import model_named
 from proxy.transport import Backend, BackendResponse
 
 log = logging.getLogger(__name__)
@@ -193,12 +192,15 @@ class Forwarder:
         rules = request.get(MODEL_RULES)
         listing_rules = None  # set for a model listing that must show only the key's models
         if rules is not None:
-            named = model_named(frame)
-            if named is not None and not rules.allows(named):
+            refusal = self._model_refusal(rules, route, body, exchange.key)
+            if refusal is not None:
                 exchange.error = "model_not_allowed"
-                return error_response(403, f"the key {exchange.key!r} may not use the model {named[:200]!r}", family)
-            if request.method in ("GET", "HEAD") and route in LISTINGS:
+                return error_response(403, refusal, family)
+            if request.method == "GET" and route in LISTINGS:
                 listing_rules = rules
+            elif request.method == "HEAD" and route == "/api/tags":  # Ollama's one listing with a HEAD
+                listing_rules = rules
+                frame["method"] = "GET"  # the head of the filtered listing
         streams_as = stream_content_type(request.method, route, facts)
         if streams_as is not None and self.early_head_s is not None and self.early_head_s < self.stream_timeout:
             return await self._stream(request, frame, streams_as, family, exchange)
@@ -227,6 +229,18 @@ class Forwarder:
         content_type = next((v for k, v in upstream.headers if k.lower() == "content-type"), "application/json")
         exchange.bytes_out = 0 if request.method == "HEAD" else len(filtered)
         return web.Response(body=filtered, headers={"Content-Type": content_type})  # aiohttp sends no body for HEAD
+
+    @staticmethod
+    def _model_refusal(rules: ModelRules, route: str, body: bytes, key: str) -> str | None:
+        """Why this key may not send this request (None: it may). Every model the request
+        names is checked, as Ollama will read them; one the gateway cannot tell is refused."""
+        if not names_a_model(route):
+            return None
+        named = models_named(route, body)
+        if not named:
+            return f"the key {key!r} may use only some models, and this request names none the gateway can read"
+        forbidden = next((name for name in named if not rules.allows(name)), None)
+        return None if forbidden is None else f"the key {key!r} may not use the model {forbidden[:200]!r}"
 
     def _no_head(self, exc: BaseException, family: str, exchange: Exchange, waited: float) -> web.Response:
         """The answer when the backend gave no response head."""

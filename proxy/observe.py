@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from backend.routes import route_of
+from proxy.policy import model_label
 
 access_log = logging.getLogger("proxy.access")
 
@@ -178,8 +179,9 @@ class Metrics:
         if exchange.cold_start:
             self.cold_starts.inc()
         if exchange.prompt_tokens is not None:
-            self._child(self.tokens, (exchange.key, exchange.model or "", "prompt")).inc(exchange.prompt_tokens)
-            self._child(self.tokens, (exchange.key, exchange.model or "", "completion")).inc(exchange.completion_tokens or 0)
+            model = model_label(exchange.model)
+            self._child(self.tokens, (exchange.key, model, "prompt")).inc(exchange.prompt_tokens)
+            self._child(self.tokens, (exchange.key, model, "completion")).inc(exchange.completion_tokens or 0)
         self._child(self.duration, (family,)).observe(now - exchange.started)
         if exchange.bytes_out:
             self.bytes_relayed.inc(exchange.bytes_out)

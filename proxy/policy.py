@@ -96,7 +96,11 @@ class Limits:
 # body (`prompt_eval_count`, `eval_count`), or OpenAI's `usage`. In JSON a quote inside a
 # string is escaped, so these keys cannot be faked by a model's output.
 _NUMBER = re.compile(rb"\s*(\d+)")
-_REPORTS = ((b'"prompt_eval_count":', b'"eval_count":'), (b'"prompt_tokens":', b'"completion_tokens":'))
+_REPORTS = (
+    (b'"prompt_eval_count":', b'"eval_count":'),  # native; /api/embed reports the prompt only
+    (b'"prompt_tokens":', b'"completion_tokens":'),  # OpenAI; /v1/embeddings reports the prompt only
+    (b'"input_tokens":', b'"output_tokens":'),  # /v1/responses and /v1/messages
+)
 
 
 def reported_tokens(tail: bytes) -> tuple[int, int] | None:
@@ -110,6 +114,16 @@ def reported_tokens(tail: bytes) -> tuple[int, int] | None:
         completion_at = tail.find(completion_key, prompt_at + len(prompt_key))
         prompt = _NUMBER.match(tail, prompt_at + len(prompt_key))
         completion = _NUMBER.match(tail, completion_at + len(completion_key)) if completion_at >= 0 else None
-        if prompt and completion:
-            return int(prompt.group(1)), int(completion.group(1))
+        if prompt:
+            return int(prompt.group(1)), int(completion.group(1)) if completion else 0
     return None
+
+
+def model_label(model: str | None) -> str:
+    """A model as a metric label: one spelling per model (`LLaMA3.2` and
+    `library/llama3.2:latest` are `llama3.2:latest`), so a client cannot multiply series."""
+    parsed = parse_name(model) if model else None
+    if parsed is None:
+        return "other"
+    short = f"{parsed.model}:{parsed.tag}" if parsed.namespace == "library" else f"{parsed.namespace}/{parsed.model}:{parsed.tag}"
+    return (short if parsed.host == "registry.ollama.ai" else f"{parsed.host}/{short}").lower()

@@ -24,14 +24,11 @@ from dataclasses import dataclass
 from backend.names import parse_name
 from backend.routes import route_of
 from backend.wire import RequestFrame
-from proxy.bodies import body_facts
+from proxy.bodies import models_named
 from proxy.catalog import GIN_JSON, NO_MODELS_RUNNING, StoredResponse
 from proxy.transport import Backend, BackendResponse
 
 log = logging.getLogger(__name__)
-
-SMALL_BODY = 64 * 1024
-
 
 @dataclass
 class PoolRoute:
@@ -43,31 +40,19 @@ class PoolRoute:
 
 
 def model_named(request: RequestFrame) -> str | None:
-    """The model a request is about: `model` (or Ollama's older `name`) in its body, the
-    `source` of a copy, or the model in a `/v1/models/<model>` path."""
-    route = route_of(request["path"])
-    if route.startswith("/v1/models/"):
-        return route[len("/v1/models/") :]
-    body = request.get("body") or b""
-    if not body:
-        return None
-    if len(body) > SMALL_BODY:  # images: scanned, never parsed
-        return body_facts(body, "application/json").model
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(parsed, dict):
-        return None
-    named = parsed.get("source") if route == "/api/copy" else parsed.get("model") or parsed.get("name")
-    return named if isinstance(named, str) else None
+    """The model a request is about, as Ollama will read it (`proxy.bodies.models_named`):
+    `model` (or the older `name`), a copy's `source`, a create's own name, or the model in
+    a `/v1/models/<model>` path."""
+    named = models_named(route_of(request["path"]), request.get("body") or b"")
+    return named[0] if named else None
 
 
 class PoolRouter:
     """Sends each request to the pool of its model; merges `/api/ps` across pools."""
 
     RUNNING_TTL = 1.5  # seconds an answer about a pool's containers is reused
-    RUNNING_TIMEOUT = 2.0  # seconds a Modal lookup may take; then the pool counts as up
+    RUNNING_TIMEOUT = 2.0  # seconds a Modal lookup may take; then the pool is not asked
+    PS_TIMEOUT = 10.0  # seconds a running pool may take to answer /api/ps
 
     def __init__(self, pools: list[PoolRoute], default: str = "default", clock: Callable[[], float] = time.monotonic) -> None:
         self.pools = {pool.name: pool for pool in pools}
@@ -80,6 +65,11 @@ class PoolRouter:
                 if parsed is not None:
                     self._pool_of[parsed.key] = pool.name
         self._running: dict[str, tuple[float, bool]] = {}
+
+    @property
+    def answered_here(self) -> tuple[str, ...]:
+        """What the default pool's catalog answers, and /api/ps while no pool runs."""
+        return getattr(self.pools[self.default].backend, "answered_here", ())
 
     def pool_for(self, request: RequestFrame) -> str:
         if len(self.pools) == 1:
@@ -112,9 +102,9 @@ class PoolRouter:
         try:
             async with asyncio.timeout(self.RUNNING_TIMEOUT):
                 running = await pool.running()
-        except Exception as exc:  # noqa: BLE001 (unknown counts as up: ask it)
-            log.warning("could not tell whether pool %s runs (%s: %s): asking it", pool.name, type(exc).__name__, exc)
-            running = True
+        except Exception as exc:  # noqa: BLE001 (unknown: /api/ps must not start a GPU to find out)
+            log.warning("could not tell whether pool %s runs (%s: %s): not asking it", pool.name, type(exc).__name__, exc)
+            running = False
         self._running[pool.name] = (self.clock(), running)
         return running
 
@@ -134,16 +124,20 @@ class PoolRouter:
 
     async def _ps_of(self, pool: PoolRoute, request: RequestFrame) -> list[dict]:
         try:
-            response = await pool.backend.open(request)
-            try:
-                collector = _Collect()
-                await response.send_body(collector)
-            finally:
-                await response.aclose()
-            return json.loads(collector.data)["models"] if response.status == 200 else []
+            async with asyncio.timeout(self.PS_TIMEOUT):
+                return await self._ps_models(pool, request)
         except Exception as exc:  # noqa: BLE001 (one pool failing leaves the others' answer)
             log.warning("pool %s did not answer /api/ps (%s: %s)", pool.name, type(exc).__name__, exc)
             return []
+
+    async def _ps_models(self, pool: PoolRoute, request: RequestFrame) -> list[dict]:
+        response = await pool.backend.open(request)
+        try:
+            collector = _Collect()
+            await response.send_body(collector)
+        finally:
+            await response.aclose()
+        return json.loads(collector.data)["models"] if response.status == 200 else []
 
 
 class _Collect:

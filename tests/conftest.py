@@ -18,7 +18,7 @@ from backend.service import OllamaService
 from config import Settings
 from proxy.app import create_app
 from proxy.server import start_site
-from proxy.catalog import containers_up
+from proxy.catalog import CatalogBackend, containers_up
 from proxy.pools import PoolRoute, PoolRouter
 from proxy.transport import Backend, InProcessBackend, RemoteBackend
 from tests.fake_modal import FakeBackendMethod, FakeModalDict
@@ -127,8 +127,9 @@ async def make_modal_garden(standin, start_gateway) -> AsyncIterator[Callable[..
         services.append(service)
         stops = LocalStopSignals()
         method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops), on_ready=service.mark_ready)
-        pools = PoolRouter([PoolRoute("default", RemoteBackend(method.remote_gen.aio, stops), ("llama3.2",), containers_up(method))])
-        gateway = await start_gateway(pools, backend_kind="modal", catalog=DictCatalog(catalog, VERSION), **overrides)
+        remote = CatalogBackend(RemoteBackend(method.remote_gen.aio, stops), DictCatalog(catalog, VERSION))  # as app.py wires a pool
+        pools = PoolRouter([PoolRoute("default", remote, ("llama3.2",), containers_up(method))])
+        gateway = await start_gateway(pools, backend_kind="modal", **overrides)
         return ModalGarden(gateway, state, service, method, catalog, stops)
 
     yield make

@@ -207,9 +207,25 @@ def test_a_key_policy_travels_with_the_keys_in_the_secret_never_in_the_image():
 
 
 def test_each_pools_class_pulls_and_preloads_only_its_own_models():
+    # Runs each class's own start-up hook (Modal's @enter) with the Ollama process and the
+    # service replaced by recorders: what would each container pull and preload?
     script = """
 import json, app
-print(json.dumps({cls.__name__: list(app.settings.pool_models(cls.pool_name)) for cls in app.GardenBackend.__subclasses__()}))
+import backend.ollama_server, backend.service
+from modal._utils.async_utils import synchronizer
+started = {}
+class Recorder:
+    def __init__(self, base_url, models, **kwargs):
+        self.models = models
+    def start(self):
+        started[self.pool] = list(self.models)
+backend.ollama_server.OllamaServer = lambda *args, **kwargs: None
+backend.service.OllamaService = Recorder
+start = synchronizer._translate_in(app.GardenBackend.__dict__["start"]).raw_f
+for cls in app.GardenBackend.__subclasses__():
+    Recorder.pool = cls.__name__
+    start(cls.__new__(cls))
+print(json.dumps(started))
 """
     env = env_with_path(None, OLLAMA_MODEL_LIST="qwen3:8b@L4,glm-4.7-flash:q8_0@A100-80GB,llama3.2,phi4@L4")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
@@ -217,3 +233,12 @@ print(json.dumps({cls.__name__: list(app.settings.pool_models(cls.pool_name)) fo
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
         "OllamaBackend": ["llama3.2"], "OllamaBackend_L4": ["qwen3:8b", "phi4"], "OllamaBackend_A100_80GB": ["glm-4.7-flash:q8_0"],
     }  # fmt: skip
+
+
+def test_a_key_policy_beside_a_named_secret_is_refused_at_deploy():
+    result = subprocess.run(
+        [sys.executable, "-c", "import app"], cwd=REPO,
+        env=env_with_path(None, GATEWAY_API_KEYS_SECRET="garden-keys", GATEWAY_KEY_POLICY='{"*": {"max_streams": 1}}'),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode != 0 and "put the policy in that secret" in result.stderr

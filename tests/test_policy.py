@@ -65,10 +65,10 @@ async def test_tokens_are_counted_per_key_name_and_model_from_what_ollama_report
         pass  # no usage asked for: none reported, none counted
     await bare.close()
     counted = await tokens(gateway)
-    assert counted == {
-        ("alice", "llama3.2", "prompt"): 12, ("alice", "llama3.2", "completion"): 8,
+    assert counted == {  # one label per model, however the client spelled it
+        ("alice", "llama3.2:latest", "prompt"): 12, ("alice", "llama3.2:latest", "completion"): 8,
         ("alice", "glm-4.7-flash:q8_0", "prompt"): 12, ("alice", "glm-4.7-flash:q8_0", "completion"): 5,
-        ("key-3", "llama3.2", "prompt"): 24, ("key-3", "llama3.2", "completion"): 7,
+        ("key-3", "llama3.2:latest", "prompt"): 24, ("key-3", "llama3.2:latest", "completion"): 7,
     }  # fmt: skip
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "proxy.access"]
     assert lines[0]["key"] == "alice" and (lines[0]["prompt_tokens"], lines[0]["completion_tokens"]) == (12, 8)
@@ -86,7 +86,7 @@ async def test_an_aborted_stream_counts_nothing_and_breaks_nothing(shared):
     assert await tokens(gateway) == {}
     state.token_delay = 0.0
     parts = [p async for p in await ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-alice-secret")).chat(model="llama3.2", messages=MESSAGES, stream=True)]
-    assert parts[-1].done and (await tokens(gateway))[("alice", "llama3.2", "completion")] == 8
+    assert parts[-1].done and (await tokens(gateway))[("alice", "llama3.2:latest", "completion")] == 8
 
 
 async def test_a_model_outside_the_keys_allowlist_is_403_before_ollama_sees_it(shared):
@@ -191,3 +191,60 @@ def test_named_keys_and_policies_are_validated_at_import():
     ):
         with pytest.raises(ConfigError, match=message):
             load_settings(env)
+
+
+# --- What an independent review of this found -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"Model": "glm-4.7-flash:q8_0", "messages": MESSAGES}),  # Go matches keys without regard to case
+        ("/api/chat", {"model": "llama3.2", "MODEL": "glm-4.7-flash:q8_0", "messages": MESSAGES}),  # and the last one wins
+        ("/api/chat", {"model": "glm-4.7-flash:q8_0", "messages": [{"role": "user", "content": "x" * 70_000, "model": "llama3.2"}]}),
+        ("/api/chat", {"model": "glm-4.7-flash:q8\u005f0", "messages": [{"role": "user", "content": "x" * 70_000}]}),
+        ("/api/delete", {"name": "glm-4.7-flash:q8_0", "pad": "x" * 70_000}),
+        ("/api/copy", {"source": "llama3.2", "destination": "glm-4.7-flash:q8_0"}),  # would overwrite a forbidden model
+        ("/api/create", {"model": "llama3.2", "from": "glm-4.7-flash:q8_0"}),  # would point an allowed name at it
+        ("/api/chat", {"messages": MESSAGES}),  # names no model the gateway can read: refused, not guessed
+    ],
+)
+async def test_no_spelling_gets_a_model_past_the_allowlist(shared, path, body):
+    gateway, state = shared
+    raw = json.dumps(body).replace("\\\\u005f", "\\u005f").encode()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway + "/ollama" + path, data=raw, headers={**auth("sk-bob-secret"), "Content-Type": "application/json"}) as response:
+            assert response.status == 403, await response.text()
+    assert state.seen == []
+
+
+async def test_invalid_utf8_does_not_hide_the_model(shared):
+    gateway, state = shared
+    raw = b'{"model": "glm-4.7-flash:q8_0", "messages": [{"role": "user", "content": "hi \xff"}]}'
+    async with aiohttp.ClientSession() as http, http.post(gateway + "/ollama/api/chat", data=raw, headers=auth("sk-bob-secret")) as response:
+        assert response.status == 403
+    assert state.seen == []
+
+
+async def test_metrics_are_for_keys_without_an_allowlist_and_head_tags_is_filtered_too(shared):
+    gateway, _ = shared
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway + "/metrics", headers=auth("sk-bob-secret")) as response:
+            assert response.status == 403
+        async with http.get(gateway + "/metrics", headers=auth("sk-alice-secret")) as response:
+            assert response.status == 200
+        async with http.get(gateway + "/ollama/api/tags", headers=auth("sk-bob-secret")) as response:
+            listed = await response.read()
+        async with http.head(gateway + "/ollama/api/tags", headers=auth("sk-bob-secret")) as response:
+            assert response.status == 200 and int(response.headers["Content-Length"]) == len(listed)
+
+
+def test_embeddings_responses_and_messages_report_tokens_too():
+    assert reported_tokens(b'{"model":"m","embeddings":[[0.1]],"total_duration":1,"prompt_eval_count":3}') == (3, 0)
+    assert reported_tokens(b'{"object":"list","usage":{"prompt_tokens":4,"total_tokens":4}}\n') == (4, 0)
+    assert reported_tokens(b'{"usage":{"input_tokens":5,"output_tokens":6}}') == (5, 6)
+
+
+def test_policy_model_names_are_checked():
+    with pytest.raises(ConfigError, match="'not a model' \\(for 'alice'\\) is not an Ollama model name"):
+        load_settings({"GATEWAY_API_KEYS": "alice:sk-a", "GATEWAY_KEY_POLICY": '{"alice": {"models": ["not a model"]}}'})

@@ -14,7 +14,7 @@ from backend.cancel import LocalStopSignals
 from backend.catalog import DictCatalog
 from backend.service import OllamaService
 from config import Pool
-from proxy.catalog import containers_up
+from proxy.catalog import CatalogBackend, containers_up
 from proxy.pools import PoolRoute, PoolRouter, model_named
 from proxy.transport import RemoteBackend
 from tests.conftest import serve, wait_for
@@ -41,13 +41,14 @@ async def two_pools(start_gateway):
         state = StandinState(models=list(models))
         served = await serve(create_standin(state), handler_cancellation=True)
         started.append(served)
-        service = OllamaService(served.url, tuple(models), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(store, VERSION))
+        service = OllamaService(served.url, tuple(models), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(store, VERSION, name))
         stops = LocalStopSignals()
         method = FakeBackendMethod(lambda request, service=service, stops=stops: service.proxy(request, stops=stops), on_ready=service.mark_ready)
         pools[name] = PoolUnderTest(state, service, method, stops)
-        routes.append(PoolRoute(name, RemoteBackend(method.remote_gen.aio, stops), tuple(models), containers_up(method)))
+        remote = CatalogBackend(RemoteBackend(method.remote_gen.aio, stops), DictCatalog(store, VERSION, name))
+        routes.append(PoolRoute(name, remote, tuple(models), containers_up(method)))
     configured = (Pool("default", "A100-40GB", ("llama3.2",)), Pool("a100-80gb", "A100-80GB", ("glm-4.7-flash:q8_0",)))
-    gateway = await start_gateway(PoolRouter(routes), backend_kind="modal", catalog=DictCatalog(store, VERSION), ollama_pools=configured)
+    gateway = await start_gateway(PoolRouter(routes), backend_kind="modal", ollama_pools=configured)
     yield gateway, pools
     for pool in pools.values():
         await pool.service.settle()
