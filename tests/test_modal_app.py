@@ -242,3 +242,18 @@ def test_a_key_policy_beside_a_named_secret_is_refused_at_deploy():
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0 and "put the policy in that secret" in result.stderr
+
+
+def test_warm_windows_warm_every_pool_that_has_models():
+    script = """
+import json, app, backend.warm
+calls = []
+backend.warm.apply_schedule = lambda schedule, instance, now, lead: calls.append(instance)
+app.backend_classes = {name: (lambda name=name: name) for name in app.backend_classes}  # instances, by pool
+app.warm_windows.local()
+print(json.dumps(sorted(calls)))
+"""
+    env = env_with_path(None, OLLAMA_MODEL_LIST="qwen3:8b@L4,glm-4.7-flash:q8_0@A100-80GB", OLLAMA_WARM_SCHEDULE="Mon-Fri 08:30-18:00 Europe/Berlin")
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["a100-80gb", "l4"]  # not the default pool: it has no models

@@ -74,6 +74,8 @@ def calls(pools: dict[str, PoolUnderTest]) -> dict[str, list[str]]:
         ("POST", "/api/pull", {"name": "glm-4.7-flash:q8_0"}, "a100-80gb"),  # Ollama's older field
         ("DELETE", "/api/delete", {"model": "glm-4.7-flash:q8_0"}, "a100-80gb"),
         ("POST", "/api/copy", {"source": "glm-4.7-flash:q8_0", "destination": "mine"}, "a100-80gb"),
+        ("POST", "/api/create", {"model": "glm-4.7-flash:q8_0", "from": "x"}, "a100-80gb"),
+        ("POST", "/api/chat", {"Model": "glm-4.7-flash:q8_0", "messages": [{"role": "user", "content": "hi"}]}, "a100-80gb"),  # as Go reads it
         ("POST", "/api/chat", {"model": "mistral", "messages": [{"role": "user", "content": "hi"}]}, "default"),  # in no pool
         ("POST", "/api/pull", {"model": "qwen3:0.6b"}, "default"),
     ],
@@ -161,3 +163,24 @@ def test_model_named_reads_the_model_a_request_is_about():
     assert model_named(frame("GET", "/v1/models/e:1", None)) == "e:1"
     assert model_named(frame("GET", "/api/tags", None)) is None
     assert model_named(frame("POST", "/api/chat", {"model": "f", "images": ["A" * 100_000]})) == "f"  # scanned, not parsed
+
+
+async def test_ps_never_starts_a_pool_modal_cannot_tell_about():
+    from proxy.catalog import StoredResponse
+
+    class Backend:
+        calls = 0
+
+        async def open(self, request):
+            Backend.calls += 1
+            return StoredResponse(200, "application/json", b'{"models":[]}')
+
+        async def aclose(self):
+            pass
+
+    async def unknown() -> bool:
+        raise ConnectionError("the control plane is unreachable")
+
+    router = PoolRouter([PoolRoute("default", Backend(), ("a",), unknown), PoolRoute("l4", Backend(), ("b",), unknown)])
+    answer = await router.open({"method": "GET", "path": "/api/ps", "headers": [], "body": b""})
+    assert answer.body == b'{"models":[]}' and Backend.calls == 0
