@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
+import ollama
 import pytest
 from aiohttp import web
 
@@ -141,6 +142,21 @@ async def make_modal_garden(standin, start_gateway) -> AsyncIterator[Callable[..
 @pytest.fixture
 async def modal_garden(make_modal_garden) -> ModalGarden:
     return await make_modal_garden()
+
+
+@pytest.fixture
+async def ollama_clients() -> AsyncIterator[Callable[..., ollama.AsyncClient]]:
+    """Official `ollama` clients, closed at teardown (an unclosed one closes itself when
+    collected, after its loop is gone, and logs a traceback into whatever test runs then)."""
+    made: list[ollama.AsyncClient] = []
+
+    def make(host: str, **kwargs) -> ollama.AsyncClient:
+        made.append(ollama.AsyncClient(host=host, **kwargs))
+        return made[-1]
+
+    yield make
+    for client in made:
+        await client.close()
 
 
 @pytest.fixture

@@ -129,10 +129,10 @@ async def test_pulls_and_deletes_change_the_answers_with_no_further_backend_call
     assert len(garden.method.calls) == calls
 
 
-async def test_the_official_clients_list_and_show_from_the_catalog(garden):
+async def test_the_official_clients_list_and_show_from_the_catalog(garden, ollama_clients):
     await garden.start_backend()
     calls = len(garden.method.calls)
-    client = ollama.AsyncClient(host=garden.url + "/ollama")
+    client = ollama_clients(garden.url + "/ollama")
     listed = await client.list()
     assert [m.model for m in listed.models] == ["llama3.2:latest", "glm-4.7-flash:q8_0"]
     shown = await client.show("llama3.2")

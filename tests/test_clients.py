@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+from collections.abc import AsyncIterator
 
 import ollama
 import openai
@@ -25,13 +26,15 @@ async def keyed_gateway(standin, start_gateway) -> str:
 
 
 @pytest.fixture
-def ollama_client(keyed_gateway) -> ollama.AsyncClient:
-    return ollama.AsyncClient(host=keyed_gateway + "/ollama", headers={"Authorization": f"Bearer {KEY}"})
+def ollama_client(keyed_gateway, ollama_clients) -> ollama.AsyncClient:
+    return ollama_clients(keyed_gateway + "/ollama", headers={"Authorization": f"Bearer {KEY}"})
 
 
 @pytest.fixture
-def openai_client(keyed_gateway) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=keyed_gateway + "/ollama/v1", api_key=KEY, max_retries=0)
+async def openai_client(keyed_gateway) -> AsyncIterator[openai.AsyncOpenAI]:
+    client = openai.AsyncOpenAI(base_url=keyed_gateway + "/ollama/v1", api_key=KEY, max_retries=0)
+    yield client
+    await client.close()
 
 
 async def test_ollama_chat_streaming_and_not(ollama_client):
@@ -81,9 +84,9 @@ async def test_ollama_unknown_model_raises_response_error_404(ollama_client):
     assert info.value.status_code == 404
 
 
-async def test_ollama_client_without_the_key_is_refused(keyed_gateway):
+async def test_ollama_client_without_the_key_is_refused(keyed_gateway, ollama_clients):
     with pytest.raises(ollama.ResponseError) as info:
-        await ollama.AsyncClient(host=keyed_gateway + "/ollama").list()
+        await ollama_clients(keyed_gateway + "/ollama").list()
     assert info.value.status_code == 401
 
 
@@ -111,6 +114,7 @@ async def test_openai_wrong_key_is_401_authentication_error(keyed_gateway):
     client = openai.AsyncOpenAI(base_url=keyed_gateway + "/ollama/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as info:
         await client.models.list()
+    await client.close()
     assert info.value.status_code == 401
     assert info.value.body["type"] == "authentication_error"
 

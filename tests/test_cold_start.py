@@ -63,10 +63,10 @@ async def test_the_head_comes_early_then_keepalives_then_the_stream(cold):
 
 
 @pytest.mark.parametrize("client", ["ollama-python", "openai-python"])
-async def test_official_clients_get_a_normal_stream_after_a_cold_start(cold, client):
+async def test_official_clients_get_a_normal_stream_after_a_cold_start(cold, client, ollama_clients):
     started = time.monotonic()
     if client == "ollama-python":
-        parts = [part async for part in await ollama.AsyncClient(host=cold.url + "/ollama").chat(**CHAT, stream=True)]
+        parts = [part async for part in await ollama_clients(cold.url + "/ollama").chat(**CHAT, stream=True)]
         assert len(parts) == REPLY_TOKENS + 1 and parts[-1].done is True
         text = "".join(part.message.content for part in parts)
     else:
@@ -77,9 +77,9 @@ async def test_official_clients_get_a_normal_stream_after_a_cold_start(cold, cli
     assert text.startswith("The sky is blue") and time.monotonic() - started >= START
 
 
-async def test_an_unknown_model_after_the_early_head_raises_each_clients_usual_error(cold):
+async def test_an_unknown_model_after_the_early_head_raises_each_clients_usual_error(cold, ollama_clients):
     with pytest.raises(ollama.ResponseError) as info:
-        async for _ in await ollama.AsyncClient(host=cold.url + "/ollama").chat(model="ghost", messages=CHAT["messages"], stream=True):
+        async for _ in await ollama_clients(cold.url + "/ollama").chat(model="ghost", messages=CHAT["messages"], stream=True):
             pass
     assert info.value.error == "model 'ghost' not found"
     sdk = openai.AsyncOpenAI(base_url=cold.url + "/ollama/v1", api_key="unused")
@@ -157,12 +157,12 @@ async def test_a_client_that_leaves_while_the_model_loads_stops_ollama_within_a_
     assert garden.state.cancel_times[0] - left < 1.0
 
 
-async def test_local_mode_takes_the_same_path(standin, start_gateway, caplog):
+async def test_local_mode_takes_the_same_path(standin, start_gateway, caplog, ollama_clients):
     url, state = standin
     state.first_token_delay = 1.0  # a local Ollama loading a large model
     gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_early_head_s=EARLY)
     caplog.set_level(logging.INFO, logger="proxy.access")
-    parts = [part async for part in await ollama.AsyncClient(host=gateway + "/ollama").chat(**CHAT, stream=True)]
+    parts = [part async for part in await ollama_clients(gateway + "/ollama").chat(**CHAT, stream=True)]
     assert parts[-1].done is True
     line = json.loads(next(r.getMessage() for r in caplog.records if r.name == "proxy.access"))
     assert line["early_head"] is True and line["ttfb_ms"] < 1000 <= line["backend_wait_ms"]

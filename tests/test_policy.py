@@ -48,10 +48,10 @@ async def tokens(gateway: str) -> dict[tuple[str, str, str], float]:
     }
 
 
-async def test_tokens_are_counted_per_key_name_and_model_from_what_ollama_reports(shared, caplog):
+async def test_tokens_are_counted_per_key_name_and_model_from_what_ollama_reports(shared, caplog, ollama_clients):
     gateway, state = shared
     caplog.set_level(logging.INFO, logger="proxy.access")
-    alice = ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-alice-secret"))
+    alice = ollama_clients(gateway + "/ollama", headers=auth("sk-alice-secret"))
     parts = [p async for p in await alice.chat(model="llama3.2", messages=MESSAGES, stream=True)]  # 8 tokens, streamed
     assert parts[-1].eval_count == 8 and parts[-1].prompt_eval_count == 12
     whole = await alice.generate(model="glm-4.7-flash:q8_0", prompt="hi", stream=False, options={"num_predict": 5})
@@ -75,7 +75,7 @@ async def test_tokens_are_counted_per_key_name_and_model_from_what_ollama_report
     assert not any("secret" in r.getMessage() for r in caplog.records)  # names, never keys
 
 
-async def test_an_aborted_stream_counts_nothing_and_breaks_nothing(shared):
+async def test_an_aborted_stream_counts_nothing_and_breaks_nothing(shared, ollama_clients):
     gateway, state = shared
     state.token_delay = 0.02
     async with aiohttp.ClientSession() as http:
@@ -85,13 +85,13 @@ async def test_an_aborted_stream_counts_nothing_and_breaks_nothing(shared):
     await asyncio.sleep(0.1)
     assert await tokens(gateway) == {}
     state.token_delay = 0.0
-    parts = [p async for p in await ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-alice-secret")).chat(model="llama3.2", messages=MESSAGES, stream=True)]
+    parts = [p async for p in await ollama_clients(gateway + "/ollama", headers=auth("sk-alice-secret")).chat(model="llama3.2", messages=MESSAGES, stream=True)]
     assert parts[-1].done and (await tokens(gateway))[("alice", "llama3.2:latest", "completion")] == 8
 
 
-async def test_a_model_outside_the_keys_allowlist_is_403_before_ollama_sees_it(shared):
+async def test_a_model_outside_the_keys_allowlist_is_403_before_ollama_sees_it(shared, ollama_clients):
     gateway, state = shared
-    bob = ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-bob-secret"))
+    bob = ollama_clients(gateway + "/ollama", headers=auth("sk-bob-secret"))
     with pytest.raises(ollama.ResponseError) as info:
         await bob.chat(model="glm-4.7-flash:q8_0", messages=MESSAGES)
     assert info.value.status_code == 403 and info.value.error == "the key 'bob' may not use the model 'glm-4.7-flash:q8_0'"
@@ -107,15 +107,15 @@ async def test_a_model_outside_the_keys_allowlist_is_403_before_ollama_sees_it(s
     await sdk.close()
 
 
-async def test_listings_show_a_key_only_its_models(shared):
+async def test_listings_show_a_key_only_its_models(shared, ollama_clients):
     gateway, _ = shared
-    bob = ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-bob-secret"))
+    bob = ollama_clients(gateway + "/ollama", headers=auth("sk-bob-secret"))
     assert [m.model for m in (await bob.list()).models] == ["llama3.2:latest"]
     assert [m.model for m in (await bob.ps()).models] == ["llama3.2:latest"]
     sdk = openai.AsyncOpenAI(base_url=gateway + "/ollama/v1", api_key="sk-bob-secret")
     assert [m.id for m in (await sdk.models.list()).data] == ["llama3.2:latest"]
     await sdk.close()
-    alice = ollama.AsyncClient(host=gateway + "/ollama", headers=auth("sk-alice-secret"))
+    alice = ollama_clients(gateway + "/ollama", headers=auth("sk-alice-secret"))
     assert len((await alice.list()).models) == 2  # no allowlist: everything, Ollama's bytes
 
 
