@@ -18,7 +18,7 @@ from proxy.headers import body_length, client_response_headers, upstream_request
 from proxy.observe import Exchange
 from proxy.paths import route_api_family, upstream_path
 from proxy.policy import LISTINGS, ModelRules, filter_listing, reported_tokens
-from proxy.transport import Backend, BackendResponse
+from proxy.transport import Backend, BackendResponse, read_body
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,11 @@ class Forwarder:
     async def _relay_listing(self, request: web.Request, upstream: BackendResponse, exchange: Exchange, rules: ModelRules, route: str) -> web.StreamResponse:
         """A model listing with only the models the request's key may use (re-encoded)."""
         try:
-            collector = _ErrorCollector(LISTING_LIMIT)
-            await upstream.send_body(collector)
+            listing = await read_body(upstream, LISTING_LIMIT)
         finally:
             await upstream.aclose()
-        filtered = filter_listing(route, bytes(collector.data), rules)
-        if filtered is None or len(collector.data) >= LISTING_LIMIT:
+        filtered = filter_listing(route, listing, rules)
+        if filtered is None or len(listing) >= LISTING_LIMIT:
             exchange.error = "listing_unreadable"
             return error_response(502, "the model listing could not be read to filter it for this key", route_api_family(route))
         exchange.first_byte = exchange.backend_head = time.perf_counter()
@@ -423,30 +422,14 @@ class _EarlyHead:
             await asyncio.gather(self.task, return_exceptions=True)
 
 
-class _ErrorCollector:
-    """A sink that keeps the first `limit` bytes of a small body (an error, a listing)."""
-
-    def __init__(self, limit: int = 64 * 1024) -> None:
-        self.data = bytearray()
-        self.limit = limit
-
-    def write(self, chunk: bytes) -> bool:
-        self.data += chunk[: self.limit - len(self.data)]
-        return True
-
-    async def drain(self) -> None:
-        return None
-
-
 async def read_error_message(upstream: BackendResponse) -> str:
     """The message of Ollama's error answer: `{"error": "..."}` natively,
     `{"error": {"message": ...}}` on /v1, else its text."""
-    collector = _ErrorCollector()
     try:
-        await upstream.send_body(collector)
+        body = await read_body(upstream, 64 * 1024)  # Ollama's errors are small
     except Exception as exc:  # noqa: BLE001
         return f"the backend answered {upstream.status} and then failed: {exc}"
-    text = bytes(collector.data).decode("utf-8", "replace").strip()
+    text = body.decode("utf-8", "replace").strip()
     try:
         error = json.loads(text).get("error")
     except (ValueError, AttributeError, RecursionError):

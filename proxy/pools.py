@@ -26,9 +26,11 @@ from backend.routes import route_of
 from backend.wire import RequestFrame
 from proxy.bodies import models_named
 from proxy.catalog import GIN_JSON, NO_MODELS_RUNNING, StoredResponse
-from proxy.transport import Backend, BackendResponse
+from proxy.transport import Backend, BackendResponse, read_body
 
 log = logging.getLogger(__name__)
+
+PS_LIMIT = 8 * 1024 * 1024  # a pool's /api/ps answer (a few hundred bytes per loaded model)
 
 @dataclass
 class PoolRoute:
@@ -133,20 +135,7 @@ class PoolRouter:
     async def _ps_models(self, pool: PoolRoute, request: RequestFrame) -> list[dict]:
         response = await pool.backend.open(request)
         try:
-            collector = _Collect()
-            await response.send_body(collector)
+            body = await read_body(response, PS_LIMIT)
         finally:
             await response.aclose()
-        return json.loads(collector.data)["models"] if response.status == 200 else []
-
-
-class _Collect:
-    def __init__(self) -> None:
-        self.data = bytearray()
-
-    def write(self, chunk: bytes) -> bool:
-        self.data += chunk
-        return True
-
-    async def drain(self) -> None:
-        return None
+        return json.loads(body)["models"] if response.status == 200 else []

@@ -149,6 +149,29 @@ class RemoteResponse:
         await self._frames.aclose()
 
 
+class _Collected:
+    """A sink that keeps the first `limit` bytes of a body."""
+
+    def __init__(self, limit: int) -> None:
+        self.data = bytearray()
+        self.limit = limit
+
+    def write(self, chunk: bytes) -> bool:
+        self.data += chunk[: self.limit - len(self.data)]
+        return True
+
+    async def drain(self) -> None:
+        return None
+
+
+async def read_body(response: BackendResponse, limit: int) -> bytes:
+    """A small body whole (an error, a listing): its first `limit` bytes, the rest read and
+    dropped. For the few answers the gateway must read rather than relay."""
+    collected = _Collected(limit)
+    await response.send_body(collected)
+    return bytes(collected.data)
+
+
 class UnavailableBackend:
     """No Ollama to talk to: every forwarded request gets a 503 that says why."""
 
