@@ -224,7 +224,8 @@ class Forwarder:
             exchange.error = "listing_unreadable"
             return error_response(502, "the model listing could not be read to filter it for this key", route_api_family(route))
         exchange.first_byte = exchange.backend_head = time.perf_counter()
-        exchange.status, exchange.served_by, exchange.pool = 200, upstream.served_by, upstream.pool
+        exchange.status = 200
+        exchange.answered_by(upstream)
         content_type = next((v for k, v in upstream.headers if k.lower() == "content-type"), "application/json")
         exchange.bytes_out = 0 if request.method == "HEAD" else len(filtered)
         return web.Response(body=filtered, headers={"Content-Type": content_type})  # aiohttp sends no body for HEAD
@@ -243,19 +244,8 @@ class Forwarder:
 
     def _no_head(self, exc: BaseException, family: str, exchange: Exchange, waited: float) -> web.Response:
         """The answer when the backend gave no response head."""
-        if isinstance(exc, BackendUnavailable):
-            exchange.error = "backend_unavailable"
-            return error_response(503, str(exc), family)
-        if isinstance(exc, TimeoutError):
-            exchange.error = "first_byte_timeout"
-            message = f"the backend sent nothing within {waited:.0f}s (a model may still be loading)"
-            return error_response(504, message, family, {"Retry-After": "10"})
-        if isinstance(exc, UpstreamBroken):
-            exchange.error = "empty_backend_response"
-            return error_response(502, str(exc), family)
-        log.error("backend failed before the response head", exc_info=exc)
-        exchange.error = "backend_failed"
-        return error_response(502, f"the backend failed: {type(exc).__name__}", family)
+        status, message, headers = _why_no_head(exc, exchange, waited)
+        return error_response(status, message, family, headers)
 
     async def _stream(self, request: web.Request, frame: RequestFrame, content_type: str, family: str, exchange: Exchange) -> web.StreamResponse:
         """A streaming request: relayed as usual if the backend's head comes within
@@ -276,9 +266,9 @@ class Forwarder:
             timer.cancel()
             if not early.started:
                 return self._no_head(exc, family, exchange, self.stream_timeout)
-            failed = self._no_head(exc, "ollama", exchange, self.stream_timeout)
+            status, message, _ = _why_no_head(exc, exchange, self.stream_timeout)
             response, body = await early.stop()
-            return await self._end_in_band(response, body, json.loads(failed.body)["error"], failed.status, exchange)
+            return await self._end_in_band(response, body, message, status, exchange)
         except BaseException:  # cancelled: the client left (RemoteBackend.open has sent the stop)
             timer.cancel()
             await early.abandon()
@@ -289,9 +279,7 @@ class Forwarder:
         try:
             response, body = await early.stop()
             exchange.backend_head = time.perf_counter()
-            exchange.served_by = upstream.served_by
-            exchange.cold_start = upstream.cold_start
-            exchange.pool = upstream.pool
+            exchange.answered_by(upstream)
             if not 200 <= upstream.status < 300:  # a 2xx stream or nothing: the client has a 200 head
                 exchange.error = "backend_error_in_band"
                 message = await read_error_message(upstream)
@@ -313,9 +301,7 @@ class Forwarder:
         try:
             exchange.first_byte = exchange.backend_head = time.perf_counter()
             exchange.status = upstream.status
-            exchange.served_by = upstream.served_by
-            exchange.cold_start = upstream.cold_start
-            exchange.pool = upstream.pool
+            exchange.answered_by(upstream)
             response = web.StreamResponse(status=upstream.status)
             for name, value in client_response_headers(upstream.headers):
                 response.headers.add(name, value)
@@ -365,6 +351,23 @@ class Forwarder:
             exchange.bytes_out = body.sent
         await response.write_eof()
         return response
+
+
+def _why_no_head(exc: BaseException, exchange: Exchange, waited: float) -> tuple[int, str, dict[str, str] | None]:
+    """(status, message, headers) for a backend that gave no response head: the gateway's
+    error answer, or the in-band ending of a stream that already has the gateway's head."""
+    if isinstance(exc, BackendUnavailable):
+        exchange.error = "backend_unavailable"
+        return 503, str(exc), None
+    if isinstance(exc, TimeoutError):
+        exchange.error = "first_byte_timeout"
+        return 504, f"the backend sent nothing within {waited:.0f}s (a model may still be loading)", {"Retry-After": "10"}
+    if isinstance(exc, UpstreamBroken):
+        exchange.error = "empty_backend_response"
+        return 502, str(exc), None
+    log.error("backend failed before the response head", exc_info=exc)
+    exchange.error = "backend_failed"
+    return 502, f"the backend failed: {type(exc).__name__}", None
 
 
 class _EarlyHead:

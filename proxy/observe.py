@@ -10,11 +10,15 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from backend.routes import route_of
 from proxy.policy import model_label
+
+if TYPE_CHECKING:
+    from proxy.transport import BackendResponse
 
 access_log = logging.getLogger("proxy.access")
 
@@ -83,6 +87,10 @@ class Exchange:
     key: str = ""  # the name of the API key used (never the key)
     prompt_tokens: int | None = None  # as Ollama reported them at the end of its answer
     completion_tokens: int | None = None
+
+    def answered_by(self, response: BackendResponse) -> None:
+        """Who answered: the backend or the gateway, after a cold start or not, which pool."""
+        self.served_by, self.cold_start, self.pool = response.served_by, response.cold_start, response.pool
 
     def log_fields(self, now: float) -> dict:
         ttfb = None if self.first_byte is None else round((self.first_byte - self.started) * 1000, 1)
