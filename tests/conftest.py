@@ -19,7 +19,7 @@ from backend.service import OllamaService
 from config import Settings
 from proxy.app import create_app
 from proxy.server import start_site
-from proxy.catalog import CatalogBackend, containers_up
+from proxy.catalog import CatalogBackend, StoredResponse, containers_up
 from proxy.pools import PoolRoute, PoolRouter
 from proxy.transport import Backend, InProcessBackend, RemoteBackend
 from tests.fake_modal import FakeBackendMethod, FakeModalDict
@@ -142,6 +142,21 @@ async def make_modal_garden(standin, start_gateway) -> AsyncIterator[Callable[..
 @pytest.fixture
 async def modal_garden(make_modal_garden) -> ModalGarden:
     return await make_modal_garden()
+
+
+class StoredBackend:
+    """A `Backend` that answers every request with one stored body, and counts them."""
+
+    def __init__(self, body: bytes = b"", content_type: str = "application/json") -> None:
+        self.body, self.content_type = body, content_type
+        self.calls = 0
+
+    async def open(self, request: dict) -> StoredResponse:
+        self.calls += 1
+        return StoredResponse(200, self.content_type, self.body)
+
+    async def aclose(self) -> None:
+        return None
 
 
 @pytest.fixture

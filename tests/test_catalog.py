@@ -16,6 +16,7 @@ from yarl import URL
 from backend.catalog import CATALOG_KEY, DictCatalog, build_catalog, refresh
 from proxy.catalog import CatalogBackend, catalog_answer
 from proxy.pools import PoolRouter
+from tests.conftest import StoredBackend
 from tests.fake_modal import FakeModalDict
 from tests.ollama_standin import VERSION
 
@@ -294,8 +295,6 @@ async def test_a_catalog_from_another_ollama_release_or_a_malformed_one_is_not_u
 
 
 async def test_a_listing_that_raced_a_store_change_is_not_kept():
-    from proxy.catalog import StoredResponse
-
     class SlowSource:
         def __init__(self) -> None:
             self.catalog = {"root": {"status": 200, "content_type": "text/plain", "body": b"old"}}
@@ -308,15 +307,8 @@ async def test_a_listing_that_raced_a_store_change_is_not_kept():
             await self.release.wait()
             return seen
 
-    class Backend:
-        async def open(self, request):
-            return StoredResponse(200, "application/json", b"")
-
-        async def aclose(self):
-            pass
-
     source = SlowSource()
-    catalogs = CatalogBackend(Backend(), source)
+    catalogs = CatalogBackend(StoredBackend(), source)
     listing = asyncio.ensure_future(catalogs.open({"method": "GET", "path": "/", "headers": [], "body": b""}))
     await asyncio.sleep(0.01)  # the read is in flight
     deleted = await catalogs.open({"method": "DELETE", "path": "/api/delete", "headers": [], "body": b""})
@@ -329,8 +321,6 @@ async def test_a_listing_that_raced_a_store_change_is_not_kept():
 
 
 async def test_a_burst_shares_one_catalog_read_and_a_slow_one_means_forward(monkeypatch):
-    from proxy.catalog import StoredResponse
-
     class Source:
         reads = 0
 
@@ -339,23 +329,13 @@ async def test_a_burst_shares_one_catalog_read_and_a_slow_one_means_forward(monk
             await asyncio.sleep(0.2)
             return {"root": {"status": 200, "content_type": "text/plain", "body": b"Ollama is running"}}
 
-    class Backend:
-        calls = 0
-
-        async def open(self, request):
-            Backend.calls += 1
-            return StoredResponse(200, "text/plain", b"forwarded")
-
-        async def aclose(self):
-            pass
-
-    catalogs = CatalogBackend(Backend(), Source())
+    catalogs = CatalogBackend(StoredBackend(b"forwarded", "text/plain"), Source())
     root = {"method": "GET", "path": "/", "headers": [], "body": b""}
     answers = await asyncio.gather(*(catalogs.open(root) for _ in range(50)))
     assert {a.body for a in answers} == {b"Ollama is running"} and Source.reads == 1
     monkeypatch.setattr(CatalogBackend, "READ_TIMEOUT", 0.05)
-    slow = CatalogBackend(Backend(), Source())
-    assert (await slow.open(root)).body == b"forwarded" and Backend.calls == 1
+    slow = CatalogBackend(StoredBackend(b"forwarded", "text/plain"), Source())
+    assert (await slow.open(root)).body == b"forwarded" and catalogs.backend.calls == 0 and slow.backend.calls == 1
 
 
 async def test_a_copy_changes_the_listing_with_no_further_backend_call(garden, http):

@@ -17,7 +17,7 @@ from config import Pool
 from proxy.catalog import CatalogBackend, containers_up
 from proxy.pools import PoolRoute, PoolRouter, model_named
 from proxy.transport import RemoteBackend
-from tests.conftest import serve, wait_for
+from tests.conftest import StoredBackend, serve, wait_for
 from tests.fake_modal import FakeBackendMethod, FakeModalDict
 from tests.fake_ollama import AlreadyRunning
 from tests.ollama_standin import VERSION, StandinState, create_standin
@@ -166,21 +166,10 @@ def test_model_named_reads_the_model_a_request_is_about():
 
 
 async def test_ps_never_starts_a_pool_modal_cannot_tell_about():
-    from proxy.catalog import StoredResponse
-
-    class Backend:
-        calls = 0
-
-        async def open(self, request):
-            Backend.calls += 1
-            return StoredResponse(200, "application/json", b'{"models":[]}')
-
-        async def aclose(self):
-            pass
-
     async def unknown() -> bool:
         raise ConnectionError("the control plane is unreachable")
 
-    router = PoolRouter([PoolRoute("default", Backend(), ("a",), unknown), PoolRoute("l4", Backend(), ("b",), unknown)])
+    pools = [StoredBackend(b'{"models":[{"name":"a"}]}'), StoredBackend(b'{"models":[{"name":"b"}]}')]
+    router = PoolRouter([PoolRoute("default", pools[0], ("a",), unknown), PoolRoute("l4", pools[1], ("b",), unknown)])
     answer = await router.open({"method": "GET", "path": "/api/ps", "headers": [], "body": b""})
-    assert answer.body == b'{"models":[]}' and Backend.calls == 0
+    assert answer.body == b'{"models":[]}' and [pool.calls for pool in pools] == [0, 0]
