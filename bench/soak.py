@@ -95,7 +95,7 @@ def log(msg: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-class Gateway:
+class Gateway(procs.Started):
     """The bench upstream and one gateway process (local mode) with the soak's prelude."""
 
     def __init__(self, out: Path, name: str, prelude: str, rate: float) -> None:
@@ -151,17 +151,6 @@ class Gateway:
         procs.stop(self.procs_.get("gateway"), signal.SIGINT)
         procs.stop(self.procs_.get("upstream"), signal.SIGTERM)
         self.report.unlink(missing_ok=True)
-
-    def __enter__(self) -> Gateway:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 class Abandon(asyncio.Protocol):

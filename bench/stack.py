@@ -75,7 +75,7 @@ def nginx_version(binary: str) -> str:
 
 
 @dataclass
-class Stack:
+class Stack(procs.Started):
     upstream_kind: str  # "bench" (bench/upstream.py) or "standin" (tests/ollama_standin.py)
     rate: float  # tokens per second per stream
     tokens: int
@@ -173,14 +173,3 @@ class Stack:
         procs.stop(self.procs_.get("upstream"), signal.SIGTERM)
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> Stack:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
