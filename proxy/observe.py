@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from backend.routes import route_of
 from proxy.policy import model_label
 
 if TYPE_CHECKING:
@@ -49,13 +48,9 @@ _FAMILIES = {
 _METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
 
 
-def path_family(path: str) -> str:
-    """`/api/chat?x` -> `api/chat`; `/v1/models/llama3` -> `v1/models`; unknown -> `other`."""
-    return route_family(route_of(path))
-
-
 def route_family(route: str) -> str:
-    """`path_family` of a route already decoded by `route_of`."""
+    """`/api/chat` -> `api/chat`; `/v1/models/llama3` -> `v1/models`; unknown -> `other`,
+    from a route decoded by `route_of` (the metrics' bounded label)."""
     if route in _FAMILIES:
         return _FAMILIES[route]
     if route.startswith("/v1/models/"):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backend.routes import path_segments, route_of
+from backend.routes import path_segments
 
 PREFIX = "/ollama"
 
@@ -24,14 +24,7 @@ def upstream_path(raw_path: str, raw_query: str = "") -> str | None:
     return f"{path}?{raw_query}" if raw_query else path
 
 
-def api_family(path: str) -> str:
-    """`openai` for Ollama's OpenAI-compatible routes, `ollama` for the rest.
-
-    Decides the shape of errors the gateway writes itself.
-    """
-    return route_api_family(route_of(path))
-
-
 def route_api_family(route: str) -> str:
-    """`api_family` of a route already decoded by `route_of`."""
+    """`openai` for Ollama's OpenAI-compatible routes, `ollama` for the rest, from a route
+    decoded by `route_of`. Decides the shape of errors the gateway writes itself."""
     return "openai" if route == "/v1" or route.startswith("/v1/") else "ollama"

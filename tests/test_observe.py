@@ -12,7 +12,8 @@ from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.relay import OllamaRelay
-from proxy.observe import path_family
+from backend.routes import route_of
+from proxy.observe import route_family
 from proxy.transport import InProcessBackend
 
 KEY = "sk-observe-secret"
@@ -36,7 +37,7 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": SECRET_PRO
     ],
 )
 def test_path_family(path, family):
-    assert path_family(path) == family
+    assert route_family(route_of(path)) == family
 
 
 @pytest.fixture

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.paths import api_family, upstream_path
+from backend.routes import route_of
+from proxy.paths import route_api_family, upstream_path
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ def test_upstream_path_is_always_origin_form(raw):
 
 @pytest.mark.parametrize(("path", "family"), [("/v1/chat/completions", "openai"), ("/v1", "openai"), ("/api/chat", "ollama"), ("/v1x", "ollama"), ("/", "ollama")])
 def test_api_family(path, family):
-    assert api_family(path) == family
+    assert route_api_family(route_of(path)) == family
 
 
 @pytest.mark.parametrize(
@@ -52,4 +53,4 @@ def test_route_of_is_what_ollama_matches(path, route):
 
 
 def test_api_family_of_encoded_openai_paths():
-    assert api_family("/v1%2Fmodels") == "openai"
+    assert route_api_family(route_of("/v1%2Fmodels")) == "openai"
