@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from backend.names import parse_name
 from backend.warm import EXAMPLE as WARM_EXAMPLE
 from backend.warm import ScheduleError, parse_schedule
 
@@ -124,8 +125,6 @@ def _gpu_key(gpu: str) -> str:
 
 def _pools(entries: tuple[str, ...], default_gpu: str) -> tuple[Pool, ...]:
     """`qwen3:8b@L4,llama3.2` -> the default pool (OLLAMA_GPU) and one pool per other GPU."""
-    from backend.names import parse_name
-
     by_gpu: dict[str, list[str]] = {_gpu_key(default_gpu): []}
     gpu_of: dict[str, str] = {_gpu_key(default_gpu): default_gpu}
     pool_of_model: dict[str, str] = {}
@@ -210,8 +209,6 @@ def _key_policies(env: Mapping[str, str], keys: tuple[ApiKey, ...]) -> tuple[tup
         models = rules.get("models")
         if models is not None and not (isinstance(models, list) and all(isinstance(m, str) and m.strip() for m in models)):
             raise ConfigError(f"{name}: models for {who!r} must be a list of model names")
-        from backend.names import parse_name
-
         invalid = next((m for m in models or () if parse_name(m.strip()) is None), None)
         if invalid is not None:
             raise ConfigError(f"{name}: {invalid!r} (for {who!r}) is not an Ollama model name (such as llama3.2 or qwen3:8b)")
