@@ -19,6 +19,7 @@ class RequestFrame(TypedDict, total=False):
     path: str  # origin-form: "/api/chat?x=1", always rooted on the backend's own Ollama
     headers: Headers
     body: bytes
+    model: str | None  # the model Ollama will use, as the gateway read it (proxy.reading): pools route on it
 
 
 class HeadFrame(TypedDict, total=False):

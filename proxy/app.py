@@ -19,7 +19,7 @@ from proxy.errors import error_response
 from proxy.forward import EXCHANGE, MODEL_RULES, Forwarder, forwarded_path, forwarded_route
 from proxy.observe import Exchange, Metrics, route_family
 from proxy.paths import PREFIX, route_api_family
-from proxy.policy import Limits, ModelRules, policy_for
+from proxy.policy import Limits, ModelRules, limited_key_may_use, policy_for
 from proxy.transport import Backend
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,16 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
             return error_response(403, f"the key {name!r} may use only some models: /metrics is for the garden's owner", family)
         if policies and path is not None:
             policy = policy_for(name, policies)
+            if policy.models is not None:
+                route = forwarded_route(request) or "/"
+                if not limited_key_may_use(request.method, route):
+                    return error_response(403, f"the key {name!r} may use only some models: {request.method} {route[:100]} is not for it", family)
+                request[MODEL_RULES] = rules.get(name) or rules["*"]
             limited = policy.max_streams is not None or policy.requests_per_minute is not None
             if limited:
                 refusal = limits.admit(name, policy)
                 if refusal is not None:
                     return error_response(429, refusal.message, family, {"Retry-After": str(refusal.retry_after)})
-            if policy.models is not None:
-                request[MODEL_RULES] = rules.get(name) or rules["*"]
         try:
             if hdrs.EXPECT in request.headers and request.version == HttpVersion11 and request.headers[hdrs.EXPECT].lower() == "100-continue":
                 # Only now, with every check passed, may the client send its body.

@@ -25,6 +25,7 @@ from backend.http1 import BodySink
 from backend.names import parse_name
 from backend.routes import route_of, writes_model_store
 from backend.wire import Headers, RequestFrame
+from proxy.reading import read_request
 from proxy.transport import Backend, BackendResponse
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ GIN_JSON = "application/json; charset=utf-8"  # Ollama's native handlers (gin's 
 OPENAI_JSON = "application/json"  # Ollama's OpenAI writers (json.NewEncoder: a trailing newline)
 NO_MODELS_RUNNING = b'{"models":[]}'
 MAX_SHOW_BODY = 64 * 1024
-SHOW_FIELDS = frozenset({"model", "name", "verbose"})  # others (system, template, options) change the answer
 
 
 class CatalogSource(Protocol):
@@ -79,21 +79,15 @@ def _stored(entry: dict) -> StoredResponse:
 
 
 def _show_request(body: bytes, user_agent: str) -> str | None:
-    """The model a plain `/api/show` asks about; None if anything else could change its
-    answer, or if Ollama's JSON decoding would refuse the body (a `verbose` that is not a
-    boolean, a `model` that is not a string: those are Ollama's 400s to give)."""
+    """The model a plain `/api/show` asks about, as Ollama reads it (`proxy.reading`); None
+    if anything else could change its answer (`verbose`, `system`, `options`, ...), or if
+    Ollama would refuse the body (its 400 to give)."""
     if len(body) > MAX_SHOW_BODY or user_agent.startswith("GitHubCopilotChat/"):  # Ollama echoes the name for Copilot
         return None
-    try:
-        request = json.loads(body)
-    except (ValueError, RecursionError):
+    reading = read_request("POST", "/api/show", body)
+    if reading.error is not None or reading.other_keys or reading.verbose:
         return None
-    if not isinstance(request, dict) or not set(request) <= SHOW_FIELDS:
-        return None
-    verbose, model, name = request.get("verbose"), request.get("model"), request.get("name")
-    if not (verbose is None or verbose is False) or not all(v is None or isinstance(v, str) for v in (model, name)):
-        return None
-    return model or name or None  # Ollama: `name` is the old spelling
+    return reading.model
 
 
 def might_answer(method: str, route: str) -> bool:

@@ -12,12 +12,13 @@ from aiohttp.web import RequestPayloadError
 
 from backend.routes import route_of
 from backend.wire import BackendUnavailable, RequestFrame, UpstreamBroken, request_frame
-from proxy.bodies import body_facts, models_named, names_a_model, stream_content_type
+from proxy.bodies import stream_content_type
 from proxy.errors import error_response, keepalive_bytes, stream_error_tail
 from proxy.headers import body_length, client_response_headers, upstream_request_headers
 from proxy.observe import Exchange
 from proxy.paths import route_api_family, upstream_path
 from proxy.policy import LISTINGS, ModelRules, filter_listing, reported_tokens
+from proxy.reading import Reading, read_request, reads_a_model
 from proxy.transport import Backend, BackendResponse, read_body
 
 log = logging.getLogger(__name__)
@@ -186,13 +187,18 @@ class Forwarder:
         except RequestPayloadError as exc:  # its framing broke (proxy.server.GatewayRequestHandler)
             exchange.error = "bad_request"
             return await answer_and_close(request, error_response(400, str(exc), family))
-        facts = body_facts(body, request.content_type)
-        exchange.model = facts.model
+        reading = read_request(request.method, route, body)  # the one reading every rule below uses
+        exchange.model = reading.model
         frame = request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
+        frame["model"] = reading.model  # the pool router routes on it
         rules = request.get(MODEL_RULES)
         listing_rules = None  # set for a model listing that must show only the key's models
         if rules is not None:
-            refusal = self._model_refusal(rules, route, body, exchange.key)
+            if reading.error is not None:
+                # Ollama's 400 to give, for certain; but the allowlist cannot be decided on it.
+                exchange.error = "bad_request"
+                return error_response(400, reading.error, family)
+            refusal = self._model_refusal(rules, reading, exchange.key) if reads_a_model(request.method, route) else None
             if refusal is not None:
                 exchange.error = "model_not_allowed"
                 return error_response(403, refusal, family)
@@ -201,7 +207,7 @@ class Forwarder:
             elif request.method == "HEAD" and route == "/api/tags":  # Ollama's one listing with a HEAD
                 listing_rules = rules
                 frame["method"] = "GET"  # the head of the filtered listing
-        streams_as = stream_content_type(request.method, route, facts)
+        streams_as = stream_content_type(request.method, route, reading)
         if streams_as is not None and self.early_head_s is not None and self.early_head_s < self.stream_timeout:
             return await self._stream(request, frame, streams_as, family, exchange)
         try:
@@ -231,15 +237,13 @@ class Forwarder:
         return web.Response(body=filtered, headers={"Content-Type": content_type})  # aiohttp sends no body for HEAD
 
     @staticmethod
-    def _model_refusal(rules: ModelRules, route: str, body: bytes, key: str) -> str | None:
+    def _model_refusal(rules: ModelRules, reading: Reading, key: str) -> str | None:
         """Why this key may not send this request (None: it may). Every model the request
-        names is checked, as Ollama will read them; one the gateway cannot tell is refused."""
-        if not names_a_model(route):
-            return None
-        named = models_named(route, body)
-        if not named:
+        uses is checked, as Ollama will read them; one the gateway cannot tell is refused.
+        (The guard has already refused the routes whose models the gateway does not read.)"""
+        if not reading.models:
             return f"the key {key!r} may use only some models, and this request names none the gateway can read"
-        forbidden = next((name for name in named if not rules.allows(name)), None)
+        forbidden = next((name for name in reading.models if not rules.allows(name)), None)
         return None if forbidden is None else f"the key {key!r} may not use the model {forbidden[:200]!r}"
 
     def _no_head(self, exc: BaseException, family: str, exchange: Exchange, waited: float) -> web.Response:

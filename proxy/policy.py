@@ -16,9 +16,26 @@ from dataclasses import dataclass
 
 from backend.names import parse_name
 from config import KeyPolicy
+from proxy.reading import reads_a_model
 
 NO_POLICY = KeyPolicy()
 LISTINGS = frozenset({"/api/tags", "/api/ps", "/v1/models"})  # answers that list models: filtered per key
+
+# Besides the routes whose models the gateway reads (`proxy.reading`), a key limited to
+# some models may ask for the model listings (filtered for it) and the server's version.
+_LIMITED_KEY_EXTRAS = frozenset(
+    {
+        ("GET", "/"), ("HEAD", "/"), ("GET", "/api/version"), ("HEAD", "/api/version"),
+        ("GET", "/api/tags"), ("HEAD", "/api/tags"), ("GET", "/api/ps"), ("GET", "/v1/models"),
+    }
+)  # fmt: skip
+
+
+def limited_key_may_use(method: str, route: str) -> bool:
+    """An allow-list: everything else (blobs, images, audio, account and experimental
+    routes, and any route a later Ollama adds) is refused to a key limited to some
+    models, since the gateway cannot tell which models it would use."""
+    return reads_a_model(method, route) or (method, route) in _LIMITED_KEY_EXTRAS
 
 
 def policy_for(name: str, policies: dict[str, KeyPolicy]) -> KeyPolicy:

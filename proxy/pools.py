@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from backend.names import parse_name
 from backend.routes import route_of
 from backend.wire import RequestFrame
-from proxy.bodies import models_named
+from proxy.reading import read_request
 from proxy.catalog import GIN_JSON, NO_MODELS_RUNNING, StoredResponse
 from proxy.transport import Backend, BackendResponse, read_body
 
@@ -42,11 +42,11 @@ class PoolRoute:
 
 
 def model_named(request: RequestFrame) -> str | None:
-    """The model a request is about, as Ollama will read it (`proxy.bodies.models_named`):
-    `model` (or the older `name`), a copy's `source`, a create's own name, or the model in
-    a `/v1/models/<model>` path."""
-    named = models_named(route_of(request["path"]), request.get("body") or b"")
-    return named[0] if named else None
+    """The model a request is about, as Ollama will read it: the forwarder's reading
+    (`proxy.reading`), or the same reading made here for a frame that comes without it."""
+    if "model" in request:
+        return request["model"]
+    return read_request(request["method"], route_of(request["path"]), request.get("body") or b"").model
 
 
 class PoolRouter:

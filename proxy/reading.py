@@ -1,0 +1,282 @@
+"""What Ollama's handler will read from a request: the one reading every rule uses.
+
+The allowlist, the pool router, token labels, stream detection and the catalog's
+`/api/show` all decide on what Ollama will *do*, and that is decided by its Go code:
+gin's `ShouldBindJSON`, i.e. `json.NewDecoder(body).Decode(&req)` into the handler's
+struct (server/routes.go, middleware/openai.go, middleware/anthropic.go). So the body is
+read here as `encoding/json` reads it, for the fields a rule needs:
+
+- only the top-level object's keys; a key names a field if it is the field's name, or
+  equal to it under Go's simple case folding (`ſ` is `s`, `K` is `k`; `ﬆ` is not `st`);
+- every occurrence sets the field again: the last one wins;
+- `null` leaves a string or bool field as it was, and resets a `*bool` (`stream` of the
+  native routes and of `/v1/responses`) to unset;
+- invalid UTF-8 inside strings becomes U+FFFD, one per byte, as are lone surrogates;
+- a read field of the wrong type, a body that is not a JSON object, or bad syntax at
+  the top level is a 400 from Ollama, for certain (`Reading.error`);
+- whatever follows the first JSON value is ignored (a Decoder reads one value).
+
+The OpenAI and Anthropic routes are also read by Ollama's cloud pass-through, which
+looks up the exact key `model` (a Go map: case-sensitive, last wins) and sends a cloud
+model's request elsewhere: a model named that way is one more model the request uses.
+
+Bounded cost: nested values (messages, tools, images) are skipped by one regular
+expression each, never built as objects, so a body costs memory in proportion to its
+top-level keys, whatever it holds. Nesting deeper than `MAX_DEPTH` is not followed: such
+a body is unreadable here (`models` is None), and rules that need its model refuse it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from dataclasses import dataclass
+
+# Go types of the struct fields the gateway's rules read.
+STRING = "string"
+BOOL = "bool"  # null keeps the value (false unless set)
+BOOL_POINTER = "*bool"  # null resets it to unset (Ollama then streams)
+
+
+@dataclass(frozen=True)
+class Handler:
+    """What one Ollama handler decodes from its body, as far as the gateway's rules go."""
+
+    fields: dict[str, str]  # JSON name -> Go type
+    # Each group names one model: its first non-empty field (Go's cmp.Or(req.Model, req.Name)).
+    models: tuple[tuple[str, ...], ...] = (("model",),)
+    cloud_pass_through: bool = False  # Ollama's cloudPassthroughMiddleware reads an exact "model" key first
+
+
+_MODEL = {"model": STRING}
+_INFERENCE = {"model": STRING, "stream": BOOL_POINTER}
+_BY_NAME = {"model": STRING, "name": STRING, "stream": BOOL_POINTER}
+
+# (method, route) -> its handler's fields, from Ollama's route table (server/routes.go) and
+# request types (api/types.go, openai/, anthropic/). These are the routes a key limited to
+# some models may use: the gateway can tell which models each one uses.
+HANDLERS: dict[tuple[str, str], Handler] = {
+    ("POST", "/api/chat"): Handler(_INFERENCE),
+    ("POST", "/api/generate"): Handler(_INFERENCE),
+    ("POST", "/api/embed"): Handler(_MODEL),
+    ("POST", "/api/embeddings"): Handler(_MODEL),
+    ("POST", "/api/show"): Handler({"model": STRING, "name": STRING, "verbose": BOOL}, (("model", "name"),)),
+    ("POST", "/api/pull"): Handler(_BY_NAME, (("model", "name"),)),
+    ("POST", "/api/push"): Handler(_BY_NAME, (("model", "name"),)),
+    ("DELETE", "/api/delete"): Handler({"model": STRING, "name": STRING}, (("model", "name"),)),
+    ("POST", "/api/create"): Handler({**_BY_NAME, "from": STRING}, (("model", "name"), ("from",))),
+    ("POST", "/api/copy"): Handler({"source": STRING, "destination": STRING}, (("source",), ("destination",))),
+    ("POST", "/v1/chat/completions"): Handler({"model": STRING, "stream": BOOL}, cloud_pass_through=True),
+    ("POST", "/v1/completions"): Handler({"model": STRING, "stream": BOOL}, cloud_pass_through=True),
+    ("POST", "/v1/embeddings"): Handler(_MODEL, cloud_pass_through=True),
+    ("POST", "/v1/responses"): Handler(_INFERENCE, cloud_pass_through=True),
+    ("POST", "/v1/messages"): Handler({"model": STRING, "stream": BOOL}, cloud_pass_through=True),
+}
+MODEL_IN_PATH = "/v1/models/"  # GET /v1/models/{model}: gin's :model is one segment
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What Ollama's handler will read from one request."""
+
+    is_object: bool = False  # the body decodes as a JSON object
+    # The models the request uses, in order (a copy's source first); () if it names none;
+    # None if the gateway cannot tell (then every rule that needs a model refuses).
+    models: tuple[str, ...] | None = ()
+    stream: bool | None = None  # None: unset (native routes then stream, OpenAI ones do not)
+    verbose: bool = False  # /api/show
+    other_keys: bool = False  # keys beyond the fields read (they may change an answer)
+    error: str | None = None  # why Ollama will answer 400, when that is certain
+
+    @property
+    def model(self) -> str | None:
+        """The model the request is about (for pools, the log and token labels)."""
+        return self.models[0] if self.models else None
+
+
+NOTHING = Reading()
+
+
+def reads_a_model(method: str, route: str) -> bool:
+    """Does Ollama's handler for this request use a model the gateway can read?"""
+    return (method, route) in HANDLERS or (method == "GET" and route.startswith(MODEL_IN_PATH) and "/" not in route[len(MODEL_IN_PATH) :])
+
+
+def read_request(method: str, route: str, body: bytes) -> Reading:
+    """What Ollama's handler for (`method`, `route`) will read from `body`. Pure."""
+    if method == "GET" and route.startswith(MODEL_IN_PATH) and "/" not in route[len(MODEL_IN_PATH) :]:
+        return Reading(models=(route[len(MODEL_IN_PATH) :],))
+    handler = HANDLERS.get((method, route))
+    if handler is None:
+        return NOTHING  # not a handler that reads a model from its body
+    return read_body(handler, body)
+
+
+# --- Go's encoding/json, for the top level of one object --------------------------------
+
+# Go folds a key by simple case folding: ASCII letters, plus the two runes whose fold
+# orbit holds one (U+017F with s, U+212A with k). Checked against Go's own foldName in
+# tests/test_reading.py.
+_GO_FOLD = {**{c: c - 32 for c in range(ord("a"), ord("z") + 1)}, 0x017F: ord("S"), 0x212A: ord("K")}
+
+
+def go_fold(key: str) -> str:
+    """A key as Go's encoding/json compares it with a field name (`foldName`)."""
+    return key.translate(_GO_FOLD)
+
+
+def _go_replace(error: UnicodeDecodeError) -> tuple[str, int]:
+    # Go's utf8.DecodeRune gives one U+FFFD per byte of an invalid sequence.
+    return "\ufffd" * (error.end - error.start), error.end
+
+
+codecs.register_error("go-replace", _go_replace)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+_WHITESPACE = re.compile(rb"[ \t\n\r]*+")
+# Top-level strings are checked as strictly as Go's scanner checks them.
+_STRING = re.compile(rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"')
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?")
+_LITERALS = {ord("t"): (b"true", True), ord("f"): (b"false", False), ord("n"): (b"null", None)}
+MAX_DEPTH = 64  # nesting followed inside one top-level value (Go allows 10,000)
+
+
+def _nested_value(depth: int) -> re.Pattern[bytes]:
+    """One array or object, nested at most `depth` deep, matched without building it.
+
+    String-aware bracket matching: for a body Go accepts it ends exactly where Go's
+    value ends. It does not check what is inside (a body Go refuses is Ollama's 400
+    whatever the gateway reads from it). Possessive, so it never backtracks."""
+    flat = rb'[^\[\]{}"]++|"(?:[^"\\]++|\\.)*+"'
+    pattern = rb"[\[{](?:" + flat + rb")*+[\]}]"
+    for _ in range(depth - 1):
+        pattern = rb"[\[{](?:" + flat + rb"|" + pattern + rb")*+[\]}]"
+    return re.compile(pattern, re.S)
+
+
+_NESTED = _nested_value(MAX_DEPTH)
+
+
+class _Unreadable(Exception):
+    """The body is valid JSON as far as the gateway can tell, but nested too deep to follow."""
+
+
+class _Refused(Exception):
+    """Go's decoder refuses the body: Ollama answers 400."""
+
+
+def go_string(raw: bytes) -> str:
+    """A JSON string literal (quotes included) as Go unquotes it."""
+    inner = raw[1:-1]
+    if b"\\" not in inner and inner.isascii():
+        return inner.decode("ascii")
+    value = json.loads(raw.decode("utf-8", "go-replace"))
+    return _LONE_SURROGATE.sub("\ufffd", value)
+
+
+def _value(body: bytes, at: int) -> tuple[int, str, object]:
+    """The top-level value at `at`: (its end, its JSON kind, its Python value or None)."""
+    if at >= len(body):
+        raise _Refused("unexpected end of JSON input")
+    first = body[at]
+    if first == 0x22:  # "
+        match = _STRING.match(body, at)
+        if match is None:
+            raise _Refused("invalid string")
+        return match.end(), "string", match.group()
+    if first in (0x5B, 0x7B):  # [ {
+        match = _NESTED.match(body, at)
+        if match is None:
+            if body.count(b"[", at) + body.count(b"{", at) > MAX_DEPTH:
+                raise _Unreadable()
+            raise _Refused("invalid nested value")
+        return match.end(), "array" if first == 0x5B else "object", None
+    literal = _LITERALS.get(first)
+    if literal is not None:
+        if not body.startswith(literal[0], at):
+            raise _Refused("invalid literal")
+        return at + len(literal[0]), "null" if literal[1] is None else "bool", literal[1]
+    match = _NUMBER.match(body, at)
+    if match is None:
+        raise _Refused(f"invalid character {chr(first)!r} looking for beginning of value")
+    return match.end(), "number", None
+
+
+def _pairs(body: bytes) -> tuple[list[tuple[str, str, object]], bool]:
+    """The top-level object's (key, kind, value) pairs in order, values only for strings
+    (their raw literal) and literals; and whether anything but whitespace follows it."""
+    at = _WHITESPACE.match(body).end()
+    if at >= len(body):
+        raise _Refused("missing request body")
+    if body[at] != 0x7B:
+        end, kind, _ = _value(body, at)
+        if kind == "null":
+            return [], False  # Go: decoding null into a struct changes nothing
+        raise _Refused(f"cannot unmarshal {kind} into an object")
+    pairs = []
+    at = _WHITESPACE.match(body, at + 1).end()
+    if body[at : at + 1] == b"}":
+        return pairs, _WHITESPACE.match(body, at + 1).end() < len(body)
+    while True:
+        key = _STRING.match(body, at)
+        if key is None:
+            raise _Refused("invalid character looking for beginning of object key string")
+        at = _WHITESPACE.match(body, key.end()).end()
+        if body[at : at + 1] != b":":
+            raise _Refused("invalid character after object key")
+        at, kind, value = _value(body, _WHITESPACE.match(body, at + 1).end())
+        pairs.append((go_string(key.group()), kind, value))
+        at = _WHITESPACE.match(body, at).end()
+        separator = body[at : at + 1]
+        if separator == b"}":
+            return pairs, _WHITESPACE.match(body, at + 1).end() < len(body)
+        if separator != b",":
+            raise _Refused("invalid character after object key:value pair")
+        at = _WHITESPACE.match(body, at + 1).end()
+
+
+def _decoded(kind: str, value: object, go_type: str, current: object) -> object:
+    """A field's value after one more occurrence of its key (Go's assignment rules)."""
+    if kind == "null":
+        return None if go_type == BOOL_POINTER else current
+    if go_type == STRING and kind == "string":
+        return go_string(value)  # type: ignore[arg-type]
+    if go_type in (BOOL, BOOL_POINTER) and kind == "bool":
+        return value
+    raise _Refused(f"cannot unmarshal {kind} into the field of type {go_type}")
+
+
+def read_body(handler: Handler, body: bytes) -> Reading:
+    """Decode `body` as Go decodes it into `handler`'s struct, for the fields it reads."""
+    by_fold = {go_fold(name): name for name in handler.fields}
+    values: dict[str, object] = {}
+    exact_model: object = None
+    other_keys = False
+    try:
+        pairs, trailing = _pairs(body)
+        for key, kind, value in pairs:
+            name = key if key in handler.fields else by_fold.get(go_fold(key))  # exact first, then folded
+            if name is None:
+                other_keys = True
+            else:
+                values[name] = _decoded(kind, value, handler.fields[name], values.get(name))
+            if key == "model" and handler.cloud_pass_through:
+                exact_model = value if kind == "string" else None  # map[string]json.RawMessage: the last wins
+    except _Refused as refused:
+        return Reading(models=None, error=f"Ollama cannot decode this request body: {refused}")
+    except _Unreadable:
+        return Reading(models=None)
+    if not pairs and not body.lstrip(b" \t\n\r").startswith(b"{"):
+        return Reading()  # a JSON null: the handler sees an empty request
+    models = []
+    for group in handler.models:
+        named = next((values[name] for name in group if values.get(name)), None)
+        if named is not None:
+            models.append(named)
+    if exact_model is not None and not trailing:  # json.Unmarshal refuses trailing data
+        cloud = go_string(exact_model).strip()  # type: ignore[arg-type]
+        if cloud and cloud not in models:
+            models.append(cloud)
+    stream = values.get("stream")
+    return Reading(True, tuple(models), stream, bool(values.get("verbose")), other_keys)  # type: ignore[arg-type]
