@@ -19,7 +19,7 @@ from proxy.errors import error_response
 from proxy.forward import EXCHANGE, MODEL_RULES, Forwarder, forwarded_path, forwarded_route
 from proxy.observe import Exchange, Metrics, route_family
 from proxy.paths import PREFIX, route_api_family
-from proxy.policy import Limits, ModelRules, limited_key_may_use, policy_for
+from proxy.policy import Limits, ModelLabels, ModelRules, limited_key_may_use, policy_for
 from proxy.transport import Backend
 
 log = logging.getLogger(__name__)
@@ -257,9 +257,9 @@ def create_app(
     describes the local Ollama for /health; with a `catalog` (on Modal) the gateway
     answers metadata itself (proxy.catalog), without one it forwards everything.
     """
-    metrics = Metrics()
     app = web.Application(client_max_size=settings.gateway_max_body_mb * 1024 * 1024)
     backend = CatalogBackend(backend, catalog)
+    metrics = Metrics(ModelLabels(settings.ollama_model_list, backend.known_models))
     app[BACKEND_KEY] = backend
     app[METRICS_KEY] = metrics
     forward = Forwarder(

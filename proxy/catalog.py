@@ -159,6 +159,14 @@ class CatalogBackend:
             return ANSWERED_HERE
         return getattr(self.backend, "answered_here", ())  # per-pool catalogs, inside proxy.pools
 
+    def known_models(self) -> frozenset[str]:
+        """The model keys of the catalog in hand (no read: token labels ask per request)."""
+        inner = getattr(self.backend, "known_models", None)
+        models = inner() if inner is not None else frozenset()
+        if self._catalog is not None and isinstance(self._catalog[1].get("models"), dict):
+            models = models | frozenset(self._catalog[1]["models"])
+        return models
+
     async def open(self, request: RequestFrame) -> BackendResponse:
         if self.source is None:  # local mode: everything is forwarded
             return await self.backend.open(request)

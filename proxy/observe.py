@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from proxy.policy import model_label
+from proxy.policy import ModelLabels
 
 if TYPE_CHECKING:
     from proxy.transport import BackendResponse
@@ -122,7 +122,8 @@ LONG_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800
 class Metrics:
     """The gateway's Prometheus metrics, in a registry of its own (one per app)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model_labels: ModelLabels | None = None) -> None:
+        self.model_labels = model_labels or ModelLabels(())
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], object] = {}
         r = self.registry
@@ -182,7 +183,7 @@ class Metrics:
         if exchange.cold_start:
             self.cold_starts.inc()
         if exchange.prompt_tokens is not None:
-            model = model_label(exchange.model)
+            model = self.model_labels.label(exchange.model)  # bounded: known models or "other"
             self._child(self.tokens, (exchange.key, model, "prompt")).inc(exchange.prompt_tokens)
             self._child(self.tokens, (exchange.key, model, "completion")).inc(exchange.completion_tokens or 0)
         self._child(self.duration, (family,)).observe(now - exchange.started)

@@ -136,6 +136,22 @@ def reported_tokens(tail: bytes) -> tuple[int, int] | None:
     return None
 
 
+class ModelLabels:
+    """Token-count labels for the models the garden knows: configured (OLLAMA_MODEL_LIST)
+    or in the catalog of what the GPU's Ollama holds. Any other name is `other`, so no
+    request can create a series."""
+
+    def __init__(self, configured: tuple[str, ...], catalog: Callable[[], frozenset[str]] = frozenset) -> None:
+        self.configured = frozenset(parsed.key for parsed in map(parse_name, configured) if parsed is not None)
+        self.catalog = catalog  # the catalog's model keys (Ollama's name rules), read from memory
+
+    def label(self, model: str | None) -> str:
+        parsed = parse_name(model) if model else None
+        if parsed is None or (parsed.key not in self.configured and parsed.key not in self.catalog()):
+            return "other"
+        return model_label(model)
+
+
 def model_label(model: str | None) -> str:
     """A model as a metric label: one spelling per model (`LLaMA3.2` and
     `library/llama3.2:latest` are `llama3.2:latest`), so a client cannot multiply series."""

@@ -73,6 +73,10 @@ class PoolRouter:
         """What the default pool's catalog answers, and /api/ps while no pool runs."""
         return getattr(self.pools[self.default].backend, "answered_here", ())
 
+    def known_models(self) -> frozenset[str]:
+        """The models in the pools' catalogs (for token labels)."""
+        return frozenset().union(*(getattr(pool.backend, "known_models", frozenset)() for pool in self.pools.values()))
+
     def pool_for(self, request: RequestFrame) -> str:
         if len(self.pools) == 1:
             return self.default  # nothing to decide: no body is read

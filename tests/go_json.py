@@ -20,6 +20,10 @@ _FOLD = {**{c: c - 32 for c in range(ord("a"), ord("z") + 1)}, 0x017F: ord("S"),
 codecs.register_error("go-replace-ref", lambda e: ("\ufffd" * (e.end - e.start), e.end))
 
 
+def fold(key: str) -> str:
+    return key.translate(_FOLD)
+
+
 class GoDecodeError(ValueError):
     """Go's decoder returns an error: Ollama answers 400."""
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests import go_json
+
 VERSION = "0.30.3-standin"
 REPLY = "The sky is blue because air scatters short blue wavelengths of sunlight more than red ones."
 ALLOWED_ORIGIN_HOSTS = ("localhost", "127.0.0.1", "0.0.0.0")
@@ -108,17 +110,27 @@ async def record_and_check(request: web.Request, handler):
     return await handler(request)
 
 
+# The fields Ollama's handlers decode and the stand-in acts on, with their Go types: read
+# as Go's encoding/json reads them (tests/go_json.py), so the stand-in runs, copies or
+# deletes the model Ollama would. The OpenAI and Anthropic structs' `stream` is a bool.
+_NATIVE_FIELDS = {"model": go_json.STRING, "name": go_json.STRING, "source": go_json.STRING, "destination": go_json.STRING, "from": go_json.STRING, "stream": go_json.BOOL_POINTER}
+_OPENAI_FIELDS = {"model": go_json.STRING, "stream": go_json.BOOL}
+
+
 async def _json_body(request: web.Request) -> dict | web.Response:
     raw = await request.read()
     if not raw:
         return _error(400, "missing request body")
+    fields = _OPENAI_FIELDS if request.path.startswith("/v1/") else _NATIVE_FIELDS
     try:
-        body = json.loads(raw)
+        read = go_json.decode(raw, fields)
+        body = json.loads(raw)  # the other fields, simply
     except (ValueError, RecursionError) as exc:  # Go's decoder stops at depth 10,000: a 400 too
         return _error(400, f"invalid character in request body: {exc}")
     if not isinstance(body, dict):
         return _error(400, "invalid request body")
-    return body
+    read_here = {go_json.fold(name) for name in fields}
+    return {**{k: v for k, v in body.items() if go_json.fold(k) not in read_here}, **read}
 
 
 def _model_of(body: dict) -> str:

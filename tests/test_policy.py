@@ -29,7 +29,9 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 @pytest.fixture
 async def shared(standin, start_gateway):
     url, state = standin
-    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS, gateway_key_policy=POLICY)
+    gateway = await start_gateway(
+        InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS, gateway_key_policy=POLICY, ollama_model_list=("llama3.2", "glm-4.7-flash:q8_0")
+    )
     return gateway, state
 
 
@@ -248,3 +250,105 @@ def test_embeddings_responses_and_messages_report_tokens_too():
 def test_policy_model_names_are_checked():
     with pytest.raises(ConfigError, match="'not a model' \\(for 'alice'\\) is not an Ollama model name"):
         load_settings({"GATEWAY_API_KEYS": "alice:sk-a", "GATEWAY_KEY_POLICY": '{"alice": {"models": ["not a model"]}}'})
+
+
+# --- A key limited to one model uses only that model (issue 17) ---------------------------
+# The stand-in decodes bodies as Go's encoding/json does (tests/go_json.py): what it
+# records is what Ollama would have run, copied or deleted.
+
+PARTNER = "sk-partner-secret"
+OWNER = "sk-owner-secret"
+
+
+@pytest.fixture
+async def garden_with_a_partner(standin, start_gateway):
+    url, state = standin
+    state.models[:] = ["tiny:latest", "secret-b:latest", "other-c:latest"]
+    gateway = await start_gateway(
+        InProcessBackend(OllamaRelay(url)),
+        gateway_api_keys=(f"owner:{OWNER}", f"partner:{PARTNER}"),
+        gateway_key_policy=(("partner", KeyPolicy(models=("tiny",))),),
+        ollama_model_list=("tiny", "secret-b"),
+    )
+    return gateway, state
+
+
+SMUGGLED = [
+    ("POST", "/api/chat", b'{"model":"secret-b","model":null,"name":"tiny","messages":[{"role":"user","content":"hi"}]}'),
+    ("POST", "/api/generate", b'{"model":"secret-b","model":null,"name":"tiny","prompt":"hi"}'),
+    ("POST", "/v1/chat/completions", b'{"model":"secret-b","model":null,"name":"tiny","messages":[{"role":"user","content":"hi"}]}'),
+    ("POST", "/api/pull", b'{"model":"secret-b","model":null,"name":"tiny"}'),
+    ("DELETE", "/api/delete", b'{"model":"secret-b","model":null,"name":"tiny"}'),
+    ("POST", "/api/copy", b'{"source":"tiny","destination":"secret-b","destination":null}'),
+    ("POST", "/api/create", b'{"model":"tiny","from":"secret-b","from":null}'),
+    ("POST", "/api/copy", '{"source":"tiny","destination":"secret-b","de\ufb06ination":"tiny"}'.encode()),
+    ("POST", "/api/copy", '{"source":"tiny","destination":"secret-b","de\ufb05ination":"tiny"}'.encode()),
+    ("POST", "/api/chat", b'{"model":"tiny","MODEL":"secret-b","messages":[]}'),
+    ("POST", "/api/chat", b'{"model":5,"model":"tiny","messages":[]}'),  # Ollama's 400: still not decided on
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), SMUGGLED)
+async def test_a_limited_key_cannot_smuggle_another_model(garden_with_a_partner, http, method, path, body):
+    gateway, state = garden_with_a_partner
+    seen = len(state.seen)
+    async with http.request(method, gateway + "/ollama" + path, data=body, headers={**auth(PARTNER), "Content-Type": "application/json"}) as response:
+        assert response.status in (400, 403), await response.text()
+        error = (await response.json())["error"]
+    assert (error["message"] if path.startswith("/v1/") else error)
+    assert len(state.seen) == seen  # nothing reached Ollama
+    assert state.models == ["tiny:latest", "secret-b:latest", "other-c:latest"]
+
+
+async def test_what_ollama_reads_is_what_the_limited_key_gets(garden_with_a_partner, http):
+    gateway, state = garden_with_a_partner
+    body = b'{"model":"secret-b","model":null,"MODEL":"tiny","messages":[{"role":"user","content":"hi"}],"stream":false}'
+    async with http.post(gateway + "/ollama/api/chat", data=body, headers=auth(PARTNER)) as response:
+        assert response.status == 200
+        assert (await response.json())["model"] == "tiny"  # the stand-in ran what Go read: tiny
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/images/generations"), ("POST", "/v1/images/edits"), ("POST", "/v1/audio/transcriptions"),
+        ("HEAD", "/api/blobs/sha256:" + "0" * 64), ("POST", "/api/blobs/sha256:" + "0" * 64),
+        ("POST", "/api/me"), ("POST", "/api/signout"), ("DELETE", "/api/user/keys/abc"),
+        ("POST", "/api/experimental/web_search"), ("POST", "/api/experimental/web_fetch"), ("GET", "/api/status"),
+        ("POST", "/api/some-future-route"), ("POST", "/api/%63hat/../me"),
+    ],
+)  # fmt: skip
+async def test_a_limited_key_may_use_only_the_routes_whose_model_the_gateway_reads(garden_with_a_partner, http, method, path):
+    gateway, state = garden_with_a_partner
+    seen = len(state.seen)
+    async with http.request(method, gateway + "/ollama" + path, json={"model": "tiny"}, headers=auth(PARTNER)) as response:
+        assert response.status == 403
+    assert len(state.seen) == seen
+    async with http.request(method, gateway + "/ollama" + path, json={"model": "tiny"}, headers=auth(OWNER)) as response:
+        assert response.status != 403  # the owner's key reaches Ollama, which answers as it will
+    assert len(state.seen) == seen + 1
+
+
+async def test_a_limited_key_still_lists_chats_and_reads_its_model(garden_with_a_partner, http, ollama_clients):
+    gateway, _ = garden_with_a_partner
+    partner = ollama_clients(gateway + "/ollama", headers=auth(PARTNER))
+    assert [m.model for m in (await partner.list()).models] == ["tiny:latest"]
+    assert (await partner.show("tiny")).modelfile is not None
+    assert (await partner.chat(model="tiny", messages=MESSAGES)).message.content
+    assert (await partner.embed(model="tiny", input="x")).embeddings
+    async with http.get(gateway + "/ollama/api/version", headers=auth(PARTNER)) as response:
+        assert response.status == 200
+
+
+async def test_token_labels_are_the_model_that_ran_and_never_a_new_series(garden_with_a_partner, http):
+    gateway, _ = garden_with_a_partner
+    for n in range(28):
+        body = {"model": f"junk-{n}", "MODEL": "tiny", "messages": MESSAGES, "stream": False}
+        async with http.post(gateway + "/ollama/api/chat", data=json.dumps(body), headers=auth(OWNER)) as response:
+            assert response.status == 200
+    async with http.post(gateway + "/ollama/api/chat", json={"model": "other-c", "messages": MESSAGES, "stream": False}, headers=auth(OWNER)) as response:
+        assert response.status == 200  # in Ollama's store, but neither configured nor in a catalog
+    async with aiohttp.ClientSession() as session, session.get(gateway + "/metrics", headers=auth(OWNER)) as response:
+        text = await response.text()
+    labels = {(s.labels["key"], s.labels["model"]) for f in text_string_to_metric_families(text) for s in f.samples if s.name == "garden_tokens_total"}
+    assert labels == {("owner", "tiny:latest"), ("owner", "other")}
