@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from backend.names import parse_name
 from backend.routes import route_of
 from backend.wire import RequestFrame
-from proxy.reading import read_request
 from proxy.catalog import GIN_JSON, NO_MODELS_RUNNING, StoredResponse
+from proxy.reading import read_request
 from proxy.transport import Backend, BackendResponse, read_body
 
 log = logging.getLogger(__name__)

@@ -32,6 +32,7 @@ import codecs
 import json
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Go types of the struct fields the gateway's rules read.
 STRING = "string"
@@ -76,8 +77,7 @@ HANDLERS: dict[tuple[str, str], Handler] = {
 MODEL_IN_PATH = "/v1/models/"  # GET /v1/models/{model}: gin's :model is one segment
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     """What Ollama's handler will read from one request."""
 
     is_object: bool = False  # the body decodes as a JSON object
@@ -134,11 +134,17 @@ def _go_replace(error: UnicodeDecodeError) -> tuple[str, int]:
 codecs.register_error("go-replace", _go_replace)
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
-_WHITESPACE = re.compile(rb"[ \t\n\r]*+")
+_WS = rb"[ \t\n\r]*+"
+_WHITESPACE = re.compile(_WS)
 # Top-level strings are checked as strictly as Go's scanner checks them.
-_STRING = re.compile(rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"')
-_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?")
-_LITERALS = {ord("t"): (b"true", True), ord("f"): (b"false", False), ord("n"): (b"null", None)}
+_STRING = rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"'
+_NUMBER = rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?"
+_SCALAR = rb"(?:(?P<string>" + _STRING + rb")|(?P<bool>true|false)|(?P<null>null)|" + _NUMBER + rb")"
+_KEY = re.compile(_WS + rb"(?P<key>" + _STRING + rb")" + _WS + rb":" + _WS)  # a key and its colon
+# The usual pair in one match: a key, a value that is not nested, and what follows it.
+_SCALAR_PAIR = re.compile(_KEY.pattern + _SCALAR + _WS + rb"(?P<next>[,}])")
+_SCALAR_ALONE = re.compile(_SCALAR)
+_AFTER_VALUE = re.compile(_WS + rb"(?P<next>[,}])")
 MAX_DEPTH = 64  # nesting followed inside one top-level value (Go allows 10,000)
 
 
@@ -175,68 +181,33 @@ def go_string(raw: bytes) -> str:
     return _LONE_SURROGATE.sub("\ufffd", value)
 
 
+def _scalar(match: re.Match[bytes]) -> tuple[str, object]:
+    """(JSON kind, value) of a matched scalar: a string's raw literal, a bool, else None."""
+    string = match.group("string")
+    if string is not None:
+        return "string", string
+    boolean = match.group("bool")
+    if boolean is not None:
+        return "bool", boolean == b"true"
+    return ("null" if match.group("null") is not None else "number"), None
+
+
 def _value(body: bytes, at: int) -> tuple[int, str, object]:
-    """The top-level value at `at`: (its end, its JSON kind, its Python value or None)."""
-    if at >= len(body):
-        raise _Refused("unexpected end of JSON input")
-    first = body[at]
-    if first == 0x22:  # "
-        match = _STRING.match(body, at)
-        if match is None:
-            raise _Refused("invalid string")
-        return match.end(), "string", match.group()
-    if first in (0x5B, 0x7B):  # [ {
+    """The value at `at`: (its end, its JSON kind, its value as `_scalar` gives it)."""
+    if body[at : at + 1] in (b"[", b"{"):
         match = _NESTED.match(body, at)
         if match is None:
             if body.count(b"[", at) + body.count(b"{", at) > MAX_DEPTH:
                 raise _Unreadable()
             raise _Refused("invalid nested value")
-        return match.end(), "array" if first == 0x5B else "object", None
-    literal = _LITERALS.get(first)
-    if literal is not None:
-        if not body.startswith(literal[0], at):
-            raise _Refused("invalid literal")
-        return at + len(literal[0]), "null" if literal[1] is None else "bool", literal[1]
-    match = _NUMBER.match(body, at)
+        return match.end(), "array" if body[at] == 0x5B else "object", None
+    match = _SCALAR_ALONE.match(body, at)
     if match is None:
-        raise _Refused(f"invalid character {chr(first)!r} looking for beginning of value")
-    return match.end(), "number", None
+        raise _Refused("invalid character looking for beginning of value")
+    return (match.end(), *_scalar(match))
 
 
-def _pairs(body: bytes) -> tuple[list[tuple[str, str, object]], bool]:
-    """The top-level object's (key, kind, value) pairs in order, values only for strings
-    (their raw literal) and literals; and whether anything but whitespace follows it."""
-    at = _WHITESPACE.match(body).end()
-    if at >= len(body):
-        raise _Refused("missing request body")
-    if body[at] != 0x7B:
-        end, kind, _ = _value(body, at)
-        if kind == "null":
-            return [], False  # Go: decoding null into a struct changes nothing
-        raise _Refused(f"cannot unmarshal {kind} into an object")
-    pairs = []
-    at = _WHITESPACE.match(body, at + 1).end()
-    if body[at : at + 1] == b"}":
-        return pairs, _WHITESPACE.match(body, at + 1).end() < len(body)
-    while True:
-        key = _STRING.match(body, at)
-        if key is None:
-            raise _Refused("invalid character looking for beginning of object key string")
-        at = _WHITESPACE.match(body, key.end()).end()
-        if body[at : at + 1] != b":":
-            raise _Refused("invalid character after object key")
-        at, kind, value = _value(body, _WHITESPACE.match(body, at + 1).end())
-        pairs.append((go_string(key.group()), kind, value))
-        at = _WHITESPACE.match(body, at).end()
-        separator = body[at : at + 1]
-        if separator == b"}":
-            return pairs, _WHITESPACE.match(body, at + 1).end() < len(body)
-        if separator != b",":
-            raise _Refused("invalid character after object key:value pair")
-        at = _WHITESPACE.match(body, at + 1).end()
-
-
-def _decoded(kind: str, value: object, go_type: str, current: object) -> object:
+def _decoded(name: str, kind: str, value: object, go_type: str, current: object) -> object:
     """A field's value after one more occurrence of its key (Go's assignment rules)."""
     if kind == "null":
         return None if go_type == BOOL_POINTER else current
@@ -244,39 +215,87 @@ def _decoded(kind: str, value: object, go_type: str, current: object) -> object:
         return go_string(value)  # type: ignore[arg-type]
     if go_type in (BOOL, BOOL_POINTER) and kind == "bool":
         return value
-    raise _Refused(f"cannot unmarshal {kind} into the field of type {go_type}")
+    raise _Refused(f"json: cannot unmarshal {kind} into the field {name!r} of type {go_type}")
+
+
+class _Fields:
+    """A handler's read fields, looked up as Go looks a key up: the raw spelling first
+    (the usual case, no decoding), then the unquoted key, then its fold."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.types = handler.fields
+        self.raw = {b'"' + name.encode() + b'"': name for name in handler.fields}
+        self.folded = {go_fold(name): name for name in handler.fields}
+
+    def name_of(self, raw_key: bytes) -> str | None:
+        name = self.raw.get(raw_key)
+        if name is not None:
+            return name
+        key = go_string(raw_key)
+        return key if key in self.types else self.folded.get(go_fold(key))
+
+
+_FIELDS = {id(handler): _Fields(handler) for handler in HANDLERS.values()}
 
 
 def read_body(handler: Handler, body: bytes) -> Reading:
     """Decode `body` as Go decodes it into `handler`'s struct, for the fields it reads."""
-    by_fold = {go_fold(name): name for name in handler.fields}
+    fields = _FIELDS.get(id(handler)) or _Fields(handler)
     values: dict[str, object] = {}
-    exact_model: object = None
+    exact_model: bytes | None = None  # the cloud pass-through's `model`: a string literal, or None
     other_keys = False
+    trailing = False
     try:
-        pairs, trailing = _pairs(body)
-        for key, kind, value in pairs:
-            name = key if key in handler.fields else by_fold.get(go_fold(key))  # exact first, then folded
-            if name is None:
-                other_keys = True
-            else:
-                values[name] = _decoded(kind, value, handler.fields[name], values.get(name))
-            if key == "model" and handler.cloud_pass_through:
-                exact_model = value if kind == "string" else None  # map[string]json.RawMessage: the last wins
+        at = _WHITESPACE.match(body).end()
+        if at >= len(body):
+            raise _Refused("missing request body")
+        if body[at] != 0x7B:  # {
+            _, kind, _ = _value(body, at)
+            if kind == "null":
+                return Reading()  # Go: decoding null into a struct changes nothing
+            raise _Refused(f"json: cannot unmarshal {kind} into an object")
+        empty = _AFTER_VALUE.match(body, at + 1)
+        if empty is not None and empty.group(1) == b"}":
+            at = empty.end()
+        else:
+            at += 1
+            while True:
+                pair = _SCALAR_PAIR.match(body, at)
+                if pair is not None:
+                    (kind, value), at = _scalar(pair), pair.end()
+                else:  # a nested value (or a syntax error)
+                    pair = _KEY.match(body, at)
+                    if pair is None:
+                        raise _Refused("invalid character looking for beginning of object key string")
+                    at, kind, value = _value(body, pair.end())
+                    after = _AFTER_VALUE.match(body, at)
+                    if after is None:
+                        raise _Refused("invalid character after object key:value pair")
+                    at = after.end()
+                raw_key = pair.group("key")
+                name = fields.name_of(raw_key)
+                if name is None:
+                    other_keys = True
+                else:
+                    values[name] = _decoded(name, kind, value, fields.types[name], values.get(name))
+                if handler.cloud_pass_through and (raw_key == b'"model"' or (name is not None and go_string(raw_key) == "model")):
+                    exact_model = value if kind == "string" else None  # a Go map: the last one wins
+                if body[at - 1] == 0x7D:  # }
+                    break
+        trailing = _WHITESPACE.match(body, at).end() < len(body)
     except _Refused as refused:
         return Reading(models=None, error=f"Ollama cannot decode this request body: {refused}")
     except _Unreadable:
         return Reading(models=None)
-    if not pairs and not body.lstrip(b" \t\n\r").startswith(b"{"):
-        return Reading()  # a JSON null: the handler sees an empty request
+    except IndexError:  # the body ended inside the object
+        return Reading(models=None, error="Ollama cannot decode this request body: unexpected end of JSON input")
     models = []
     for group in handler.models:
         named = next((values[name] for name in group if values.get(name)), None)
         if named is not None:
             models.append(named)
     if exact_model is not None and not trailing:  # json.Unmarshal refuses trailing data
-        cloud = go_string(exact_model).strip()  # type: ignore[arg-type]
+        cloud = go_string(exact_model).strip()
         if cloud and cloud not in models:
             models.append(cloud)
-    stream = values.get("stream")
-    return Reading(True, tuple(models), stream, bool(values.get("verbose")), other_keys)  # type: ignore[arg-type]
+    return Reading(True, tuple(models), values.get("stream"), bool(values.get("verbose")), other_keys)  # type: ignore[arg-type]
