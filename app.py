@@ -7,13 +7,23 @@ gateway. The logic lives in `backend/` (Ollama and the relay) and `proxy/` (the 
 from __future__ import annotations
 
 import logging
-import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import modal
 
-from config import APP_NAME, DEFAULT_POOL, MODAL_WEB_FIRST_BYTE_LIMIT, ConfigError, Pool, forwarded_env, settings
+from backend.summary import deploy_summary
+from config import APP_NAME, DEFAULT_POOL, ENVIRONMENT, MODAL_WEB_FIRST_BYTE_LIMIT, ConfigError, Pool, deploy_refusal, forwarded_env, settings
+
+# --- Before anything is created: refuse an open gateway, say what this deploy runs -------
+# `modal deploy` imports this file on the deployer's machine first (modal.is_local());
+# each container imports it again, and skips this.
+if modal.is_local():
+    refusal = deploy_refusal(settings)
+    if refusal:
+        sys.exit(f"error: {refusal}")  # one line, not a traceback; exit status 1
+    print(deploy_summary(settings), file=sys.stderr)
 
 app = modal.App(APP_NAME)
 
@@ -146,11 +156,11 @@ if settings.ollama_warm_schedule:
 # API keys (GATEWAY_API_KEYS, and GATEWAY_KEY_POLICY with them) reach the gateway from a named Secret, or from the
 # deployer's environment (then Modal stores them as a Secret, never in the image).
 if settings.gateway_api_keys_secret:
-    if modal.is_local() and os.environ.get("GATEWAY_KEY_POLICY"):
+    if modal.is_local() and ENVIRONMENT.get("GATEWAY_KEY_POLICY"):
         raise ConfigError("GATEWAY_KEY_POLICY is set here but the keys come from GATEWAY_API_KEYS_SECRET: put the policy in that secret")
     gateway_secrets = [modal.Secret.from_name(settings.gateway_api_keys_secret)]
 elif settings.gateway_api_keys:
-    from_deployer = {name: os.environ[name] for name in ("GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY") if os.environ.get(name)}
+    from_deployer = {name: ENVIRONMENT[name] for name in ("GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY") if ENVIRONMENT.get(name)}
     gateway_secrets = [modal.Secret.from_dict(from_deployer)]
 else:
     gateway_secrets = []

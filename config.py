@@ -1,8 +1,12 @@
-"""Every setting, read once from the environment.
+"""Every setting, read once from the environment and the project's settings file.
 
 One frozen `Settings` object is built at import. A bad value fails right here, with a
 message naming the variable and the accepted form, instead of deep inside Modal or at
 the first request.
+
+Settings may also live in `garden.env` next to this file (`.env` syntax, read with
+python-dotenv), so a redeploy from a new shell deploys the same garden; the environment
+wins over the file. Keys never live there: they go in a Modal Secret or the environment.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
 
 from backend.names import parse_name
 from backend.warm import EXAMPLE as WARM_EXAMPLE
@@ -160,17 +167,53 @@ class ApiKey:
     key: str = field(repr=False)
 
 
+KEYS_FORM = "name:key entries separated by commas, such as me:sk-1,partner:sk-2"
+
+
 def api_keys(entries: tuple[str, ...]) -> tuple[ApiKey, ...]:
-    """GATEWAY_API_KEYS entries: `name:key`, or a bare key named `key-<position>`."""
+    """GATEWAY_API_KEYS entries: `name:key`, or a bare key named `key-<position>`.
+
+    Strict, because a typo here locks everyone out or merges two keys into one: spaces
+    around names and keys are trimmed; an empty entry, name or key, a space or `;` inside
+    an entry (another separator than `,`), a `:` after something that is not a name, two
+    keys with one name and one key under two names all fail, naming the entry by its
+    position or name and never showing a key.
+    """
     keys = []
-    for position, entry in enumerate(entries, 1):
-        name, sep, key = entry.partition(":")
-        keys.append(ApiKey(name, key) if sep and key and KEY_NAME.fullmatch(name) else ApiKey(f"key-{position}", entry))
+    for position, raw in enumerate(entries, 1):
+        entry = raw.strip()
+        where = f"GATEWAY_API_KEYS: entry {position}"
+        if not entry:
+            raise ConfigError(f"{where} is empty (two commas in a row, or one at the end): expected {KEYS_FORM}")
+        name, sep, key = (part.strip() for part in entry.partition(":"))
+        if any(char.isspace() or char == ";" for char in name + key):
+            raise ConfigError(f"{where} holds a space or ';' inside it: separate keys with ',' only ({KEYS_FORM})")
+        if sep and not KEY_NAME.fullmatch(name):
+            what = "an empty name" if not name else "something that is not a name (letters, digits, _ . -, up to 64)"
+            raise ConfigError(f"{where} has {what} before its ':': write name:key ({KEYS_FORM})")
+        if sep and not key:
+            raise ConfigError(f"{where} ({name!r}) has a name and no key after its ':': expected {KEYS_FORM}")
+        keys.append(ApiKey(name, key) if sep else ApiKey(f"key-{position}", entry))
     names = [key.name for key in keys]
     if len(set(names)) != len(names):
         duplicate = next(name for name in names if names.count(name) > 1)
         raise ConfigError(f"GATEWAY_API_KEYS: the name {duplicate!r} is given to two keys")
+    owner: dict[str, str] = {}
+    for key in keys:
+        first = owner.setdefault(key.key, key.name)
+        if first != key.name:
+            raise ConfigError(f"GATEWAY_API_KEYS: {first!r} and {key.name!r} are the same key: give each name its own key")
     return tuple(keys)
+
+
+def _key_entries(env: Mapping[str, str]) -> tuple[str, ...]:
+    """GATEWAY_API_KEYS split on commas, each entry checked by `api_keys`."""
+    raw = env.get("GATEWAY_API_KEYS", "")
+    if not raw.strip():
+        return ()
+    entries = tuple(entry.strip() for entry in raw.split(","))
+    api_keys(entries)
+    return entries
 
 
 @dataclass(frozen=True)
@@ -269,6 +312,13 @@ class Settings:
     gateway_proxy_auth: bool = False
     gateway_cors_origins: tuple[str, ...] = ("*",)
     gateway_read_only: bool = False
+    gateway_allow_open: bool = False  # the owner's explicit yes to a gateway without keys
+
+    @property
+    def protected(self) -> bool:
+        """Does anything stand between the internet and the GPUs: keys, a key secret or
+        Modal's proxy auth?"""
+        return bool(self.gateway_api_keys or self.gateway_api_keys_secret or self.gateway_proxy_auth)
 
     def pool_models(self, name: str) -> tuple[str, ...]:
         """The models pool `name` pulls and preloads (only its own)."""
@@ -290,7 +340,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     gpu = _gpu(env, "OLLAMA_GPU", defaults.ollama_gpu)
     pools = _pools(entries, gpu)
     models = tuple(model for pool in pools for model in pool.models)
-    keys = _list(env, "GATEWAY_API_KEYS", "")
+    keys = _key_entries(env)
     warm = env.get("OLLAMA_WARM_SCHEDULE", "").strip()
     if warm:
         try:
@@ -323,6 +373,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gateway_proxy_auth=_bool(env, "GATEWAY_PROXY_AUTH", defaults.gateway_proxy_auth),
         gateway_cors_origins=_origins(env, "GATEWAY_CORS_ORIGINS"),
         gateway_read_only=_bool(env, "GATEWAY_READ_ONLY", defaults.gateway_read_only),
+        gateway_allow_open=_bool(env, "GATEWAY_ALLOW_OPEN", defaults.gateway_allow_open),
     )
 
 
@@ -339,8 +390,66 @@ FORWARDED_ENV = (
 
 def forwarded_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The settings set in `env` that containers must see too."""
-    env = os.environ if env is None else env
+    env = ENVIRONMENT if env is None else env
     return {name: env[name] for name in FORWARDED_ENV if name in env}
 
 
-settings = load_settings()
+# --- Safe by default ------------------------------------------------------------------
+OPEN_DEPLOY_REFUSED = (
+    "refusing to deploy an open gateway (anyone could run your GPUs): set GATEWAY_API_KEYS_SECRET "
+    "to a Modal Secret holding GATEWAY_API_KEYS, or set GATEWAY_API_KEYS, or GATEWAY_PROXY_AUTH=true; "
+    "GATEWAY_ALLOW_OPEN=1 deploys it open on purpose"
+)
+OPEN_NETWORK_REFUSED = (
+    "refusing to serve --host {host} without a key (anyone on the network could use your Ollama): "
+    "set GATEWAY_API_KEYS, or keep the default --host 127.0.0.1; GATEWAY_ALLOW_OPEN=1 serves it open on purpose"
+)
+
+
+def deploy_refusal(settings: Settings) -> str | None:
+    """Why `modal deploy` must not go ahead (one line), or None."""
+    return None if settings.protected or settings.gateway_allow_open else OPEN_DEPLOY_REFUSED
+
+
+def network_refusal(settings: Settings, host: str, loopback: bool) -> str | None:
+    """Why local mode must not listen on `host` (one line), or None: a loopback address
+    stays open, as Ollama's own does; any other needs a key or the owner's yes."""
+    if loopback or settings.gateway_api_keys or settings.gateway_allow_open:
+        return None
+    return OPEN_NETWORK_REFUSED.format(host=host)
+
+
+# --- The settings file ----------------------------------------------------------------
+SETTINGS_FILE = Path(__file__).resolve().parent / "garden.env"
+SETTINGS_FILE_VARIABLE = "GARDEN_SETTINGS_FILE"  # another file instead (tests, several gardens)
+# What the file may set: every setting but the keys, which live in a Modal Secret or the
+# environment so that no file in the project folder holds them.
+FILE_SETTINGS = (*FORWARDED_ENV, "OLLAMA_HOST", "GATEWAY_KEY_POLICY", "GATEWAY_ALLOW_OPEN")
+
+
+def read_settings_file(path: Path) -> dict[str, str]:
+    """The settings in `path` (`.env` syntax)."""
+    values = dotenv_values(path, interpolate=False)
+    for name, value in values.items():
+        if name == "GATEWAY_API_KEYS":
+            raise ConfigError(f"{path.name}: GATEWAY_API_KEYS does not belong in a file: put keys in a Modal Secret (GATEWAY_API_KEYS_SECRET) or the environment")
+        if name not in FILE_SETTINGS:
+            raise ConfigError(f"{path.name}: {name} is not a setting of this garden (see the Configuration table in README.md)")
+        if value is None:
+            raise ConfigError(f"{path.name}: {name} has no '=': expected NAME=value lines")
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings file's values under `env` (default: the process environment): the
+    environment wins, so `OLLAMA_GPU=H100 modal deploy app.py` overrides the file once."""
+    env = os.environ if env is None else env
+    chosen = env.get(SETTINGS_FILE_VARIABLE, "").strip()
+    if chosen and not Path(chosen).exists():
+        raise ConfigError(f"{SETTINGS_FILE_VARIABLE}={chosen!r}: no such file")
+    path = Path(chosen) if chosen else SETTINGS_FILE
+    return {**(read_settings_file(path) if path.exists() else {}), **env}
+
+
+ENVIRONMENT = environment()  # the process environment over the settings file, read once
+settings = load_settings(ENVIRONMENT)

@@ -37,6 +37,7 @@ def env_with_path(bin_dir: Path | None, **extra: str) -> dict[str, str]:
     env["PATH"] = f"{bin_dir}:{system}" if bin_dir else system
     env["PYTHONPATH"] = str(REPO)
     env["PYTHONUNBUFFERED"] = "1"
+    env["GARDEN_SETTINGS_FILE"] = os.devnull  # never the developer's own garden.env
     env.update(extra)
     return env
 

@@ -31,9 +31,15 @@ print(json.dumps({
 """
 
 
+def deploy_env(**env: str) -> dict[str, str]:
+    """A child's environment for importing app.py as `modal deploy` would; open on purpose
+    (GATEWAY_ALLOW_OPEN) unless a test says otherwise, since most read only the wiring."""
+    return env_with_path(None, **{"GATEWAY_ALLOW_OPEN": "1", **env})
+
+
 def read_wiring(**env: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", READ_WIRING], cwd=REPO, env=env_with_path(None, **env), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", READ_WIRING], cwd=REPO, env=deploy_env(**env), capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -114,7 +120,7 @@ def test_keys_from_the_deploy_environment_become_a_secret_not_image_env():
 )
 def test_a_bad_setting_fails_at_import_naming_the_variable(name, value, message):
     result = subprocess.run(
-        [sys.executable, "-c", "import app"], cwd=REPO, env=env_with_path(None, **{name: value}), capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", "import app"], cwd=REPO, env=deploy_env(**{name: value}), capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
     assert "ConfigError" in result.stderr and message in result.stderr
@@ -135,7 +141,7 @@ modal.Image.pip_install_from_requirements = recording
 import app
 print(json.dumps(seen))
 """
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env_with_path(None), capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=deploy_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     paths = json.loads(result.stdout.strip().splitlines()[-1])
     assert len(paths) == 2  # the gateway's image and the backend's
@@ -151,7 +157,7 @@ info = fn.info() if fn else None
 print(json.dumps(None if info is None else {"schedule": str(info.schedule), "gpus": info.gpus}))
 """
     def read(**env):
-        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env_with_path(None, **env), capture_output=True, text=True, timeout=120)
+        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=deploy_env(**env), capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -162,7 +168,7 @@ print(json.dumps(None if info is None else {"schedule": str(info.schedule), "gpu
 
 def test_an_invalid_warm_schedule_fails_at_import_naming_the_variable():
     result = subprocess.run(
-        [sys.executable, "-c", "import app"], cwd=REPO, env=env_with_path(None, OLLAMA_WARM_SCHEDULE="Mon-Fry 08:30-18:00"),
+        [sys.executable, "-c", "import app"], cwd=REPO, env=deploy_env(OLLAMA_WARM_SCHEDULE="Mon-Fry 08:30-18:00"),
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
@@ -180,7 +186,7 @@ print(json.dumps({name: {"class": cls().proxy.info().method_names and type(cls).
 
 
 def read_pools(**env: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", READ_POOLS], cwd=REPO, env=env_with_path(None, **env), capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", READ_POOLS], cwd=REPO, env=deploy_env(**env), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -227,7 +233,7 @@ for cls in app.GardenBackend.__subclasses__():
     start(cls.__new__(cls))
 print(json.dumps(started))
 """
-    env = env_with_path(None, OLLAMA_MODEL_LIST="qwen3:8b@L4,glm-4.7-flash:q8_0@A100-80GB,llama3.2,phi4@L4")
+    env = deploy_env(OLLAMA_MODEL_LIST="qwen3:8b@L4,glm-4.7-flash:q8_0@A100-80GB,llama3.2,phi4@L4")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == {
@@ -238,7 +244,7 @@ print(json.dumps(started))
 def test_a_key_policy_beside_a_named_secret_is_refused_at_deploy():
     result = subprocess.run(
         [sys.executable, "-c", "import app"], cwd=REPO,
-        env=env_with_path(None, GATEWAY_API_KEYS_SECRET="garden-keys", GATEWAY_KEY_POLICY='{"*": {"max_streams": 1}}'),
+        env=deploy_env(GATEWAY_API_KEYS_SECRET="garden-keys", GATEWAY_KEY_POLICY='{"*": {"max_streams": 1}}'),
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0 and "put the policy in that secret" in result.stderr
@@ -253,7 +259,7 @@ app.backend_classes = {name: (lambda name=name: name) for name in app.backend_cl
 app.warm_windows.local()
 print(json.dumps(sorted(calls)))
 """
-    env = env_with_path(None, OLLAMA_MODEL_LIST="qwen3:8b@L4,glm-4.7-flash:q8_0@A100-80GB", OLLAMA_WARM_SCHEDULE="Mon-Fri 08:30-18:00 Europe/Berlin")
+    env = deploy_env(OLLAMA_MODEL_LIST="qwen3:8b@L4,glm-4.7-flash:q8_0@A100-80GB", OLLAMA_WARM_SCHEDULE="Mon-Fri 08:30-18:00 Europe/Berlin")
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == ["a100-80gb", "l4"]  # not the default pool: it has no models
