@@ -15,6 +15,23 @@ from proxy.transport import Backend, InProcessBackend, UnavailableBackend
 
 log = logging.getLogger(__name__)
 
+# Addresses that mean "every interface": not where a browser can go.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+
+def open_url(host: str, port: int) -> str:
+    """A URL for the gateway one can open: `0.0.0.0` -> `127.0.0.1`, IPv6 in brackets."""
+    host = _WILDCARDS.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def banner_lines(host: str, port: int, ollama: str) -> list[str]:
+    """What local mode prints once it listens."""
+    where = f"gateway listening on {open_url(host, port)}  (Ollama API under /ollama)"
+    if host in _WILDCARDS:
+        where += f"; on every address of this machine (--host {host})"
+    return [where, f"ollama: {ollama}"]
+
 
 @dataclass
 class LocalOllama:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
+import os
 import signal
+import socket
 import threading
 from collections.abc import Callable
 
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 # even while no chunk is flowing. Request bodies are never inflated: the gateway refuses
 # a Content-Encoding before reading (Ollama takes none), so a gzip bomb costs nothing.
 RUNNER_OPTIONS = {"handler_cancellation": True, "access_log": None, "auto_decompress": False}
+
+# How long a stop (Ctrl-C, SIGTERM) waits for open streams to end: aiohttp's default.
+SHUTDOWN_TIMEOUT = 60.0
 
 # aiohttp's default listen backlog (128) refuses connections when a burst of streams
 # opens at once (seen in bench/ at 2,000 streams).
@@ -143,31 +149,68 @@ class GatewayRunner(web.AppRunner):
         )
 
 
+class ListenError(OSError):
+    """The gateway cannot listen where it was asked to; the message says what to change."""
+
+
+def listen_failure(exc: OSError, host: str, port: int) -> str:
+    """One line for a failed bind, naming the option to change (never a traceback)."""
+    if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        reason = exc.strerror if isinstance(exc, socket.gaierror) else os.strerror(exc.errno)
+        return f"cannot listen on --host {host}: {reason}: use an address of this machine, such as 127.0.0.1 or 0.0.0.0"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use on {host}: stop what uses it, or pick another with --port"
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on port {port}: pick one above 1023 with --port"
+    return f"cannot listen on {host}:{port} ({os.strerror(exc.errno) if exc.errno else exc}): check --host and --port"
+
+
 async def start_site(app: web.Application, host: str, port: int, **options) -> tuple[GatewayRunner, web.TCPSite]:
-    """Serve `app` on host:port with the gateway's runner options; return once listening."""
+    """Serve `app` on host:port with the gateway's runner options; return once listening.
+    Raises ListenError when it cannot (a busy port, an unknown host)."""
     runner = GatewayRunner(app, **{**RUNNER_OPTIONS, **options})
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=LISTEN_BACKLOG)
     try:
         await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise ListenError(listen_failure(exc, host, port)) from exc
     except BaseException:
         await runner.cleanup()
         raise
     return runner, site
 
 
-def run_forever(app: web.Application, host: str, port: int, on_ready: Callable[[], None]) -> None:
+def requests_in_progress(runner: web.AppRunner) -> int:
+    """Requests the server is answering right now (streams a stop has to drain)."""
+    server = runner.server
+    return 0 if server is None else sum(1 for handler in server.connections if handler._request_in_progress)
+
+
+def run_forever(
+    app: web.Application, host: str, port: int, on_ready: Callable[[], None], on_stopping: Callable[[int], None] | None = None
+) -> None:
     """Serve `app` in the foreground (local mode) until Ctrl-C or SIGTERM, then clean up
-    (the app's on_cleanup hooks run: they stop an Ollama we started)."""
+    (the app's on_cleanup hooks run: they stop an Ollama we started).
+
+    The first Ctrl-C lets open streams end (up to SHUTDOWN_TIMEOUT), after telling
+    `on_stopping` how many there are; a second one stops at once (asyncio.Runner raises
+    KeyboardInterrupt on it). Raises ListenError if it cannot listen.
+    """
 
     async def main() -> None:
         stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers on the loop
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        runner, _ = await start_site(app, host, port)
+        runner, _ = await start_site(app, host, port, shutdown_timeout=SHUTDOWN_TIMEOUT)
         try:
             on_ready()
             await stop.wait()
+        except asyncio.CancelledError:  # the first Ctrl-C
+            if on_stopping is not None:
+                on_stopping(requests_in_progress(runner))
+            raise
         finally:
             await runner.cleanup()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +20,11 @@ from tests.test_ollama_server import free_port
 
 
 class LocalGateway:
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "--port", str(self.port)],
+            [sys.executable, "-m", "proxy", "--port", str(self.port), *args],
             cwd=REPO,
             env=env,
             stdout=subprocess.PIPE,
@@ -68,8 +70,8 @@ class LocalGateway:
 def local_gateways():
     started: list[LocalGateway] = []
 
-    def start(env):
-        gateway = LocalGateway(env)
+    def start(env, *args):
+        gateway = LocalGateway(env, *args)
         started.append(gateway)
         return gateway
 
@@ -78,6 +80,16 @@ def local_gateways():
         if gateway.process.poll() is None:
             gateway.process.kill()
             gateway.process.wait()
+
+
+def start_standin(*args: str) -> tuple[int, subprocess.Popen]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "tests.ollama_standin", "--port", str(port), *args], cwd=REPO, env=env_with_path(None))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while not is_up(url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return port, process
 
 
 @pytest.fixture
@@ -157,3 +169,95 @@ def test_sigterm_stops_it_cleanly_too(local_gateways, tmp_path):
     out, _ = gateway.process.communicate(timeout=20)
     assert gateway.process.returncode == 0 and "Traceback" not in out
     assert not is_up(f"http://127.0.0.1:{ollama_port}")  # the Ollama it started is stopped
+
+
+def run_proxy(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], cwd=REPO, env=env_with_path(None, **env), capture_output=True, text=True, timeout=30
+    )
+
+
+def test_a_busy_port_is_one_line_naming_port_and_exit_2():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_proxy("--port", str(port), OLLAMA_HOST=f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == f"error: port {port} is already in use on 127.0.0.1: stop what uses it, or pick another with --port"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("host", "reason"), [("no-such-host.invalid", "--host no-such-host.invalid"), ("10.255.255.1", "--host 10.255.255.1")])
+def test_a_bad_host_is_one_line_naming_host_and_exit_2(host, reason):
+    result = run_proxy("--host", host, "--port", str(free_port()), OLLAMA_HOST=f"127.0.0.1:{free_port()}", GATEWAY_API_KEYS="me:k")
+    assert result.returncode == 2
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"error: cannot listen on {reason}: ") and "use an address of this machine" in last
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_port_names_port():
+    result = run_proxy("--port", "70000")
+    assert result.returncode == 2 and "argument --port: '70000' is not a port number from 1 to 65535" in result.stderr
+
+
+def test_serving_the_network_without_keys_is_refused_unless_asked_for(local_gateways):
+    result = run_proxy("--host", "0.0.0.0", "--port", str(free_port()), OLLAMA_HOST=f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: refusing to serve --host 0.0.0.0 without a key (anyone on the network could use your Ollama): "
+        "set GATEWAY_API_KEYS, or keep the default --host 127.0.0.1; GATEWAY_ALLOW_OPEN=1 serves it open on purpose"
+    ]
+    # With a key, or the owner's explicit yes, it serves; its banner names a URL one can open.
+    for env in ({"GATEWAY_API_KEYS": "me:sk-1"}, {"GATEWAY_ALLOW_OPEN": "1"}):
+        gateway = local_gateways(env_with_path(None, OLLAMA_HOST=f"127.0.0.1:{free_port()}", **env), "--host", "0.0.0.0")
+        assert gateway.listening == (
+            f"gateway listening on http://127.0.0.1:{gateway.port}  (Ollama API under /ollama); on every address of this machine (--host 0.0.0.0)"
+        )
+        assert gateway.get("/health")[0] == 200
+        assert gateway.interrupt()[0] == 0
+
+
+def test_help_lists_the_environment_variables_it_reads():
+    result = run_proxy("--help")
+    assert result.returncode == 0
+    for name in ("OLLAMA_HOST", "GATEWAY_PORT", "GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY", "GATEWAY_ALLOW_OPEN", "GATEWAY_CORS_ORIGINS", "GARDEN_SETTINGS_FILE"):
+        assert f"\n  {name} " in result.stdout
+    assert "garden.env" in result.stdout
+
+
+def test_the_first_ctrl_c_says_how_many_streams_drain_and_the_second_stops_now(local_gateways):
+    port, standin = start_standin("--token-delay", "0.5", "--tokens", "200")  # a 100 s stream
+    try:
+        gateway = local_gateways(env_with_path(None, OLLAMA_HOST=f"127.0.0.1:{port}"))
+        streams = []
+        for _ in range(2):
+            conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+            conn.request("POST", "/ollama/api/chat", body=json.dumps({"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}))
+            response = conn.getresponse()
+            assert response.status == 200 and response.readline()  # the stream is flowing
+            streams.append(conn)
+        gateway.process.send_signal(signal.SIGINT)
+        line = gateway.process.stdout.readline().strip()
+        assert line == "stopping: waiting for 2 open streams to end (press Ctrl-C again to stop now)"
+        assert gateway.process.poll() is None  # still draining
+        started = time.monotonic()
+        gateway.process.send_signal(signal.SIGINT)
+        out, _ = gateway.process.communicate(timeout=10)
+        assert time.monotonic() - started < 5 and gateway.process.returncode == 0
+        assert "Traceback" not in out
+    finally:
+        standin.terminate()
+        standin.wait()
+
+
+def test_settings_come_from_the_settings_file_and_the_environment_wins(local_gateways, tmp_path):
+    settings = tmp_path / "garden.env"
+    settings.write_text("# my garden\nGATEWAY_READ_ONLY=true\nGATEWAY_MAX_BODY_MB=7\nOLLAMA_TIMEOUT=90\n")
+    env = env_with_path(None, OLLAMA_HOST=f"127.0.0.1:{free_port()}", GARDEN_SETTINGS_FILE=str(settings), OLLAMA_TIMEOUT="120")
+    gateway = local_gateways(env)
+    config = gateway.get("/health")[1]["config"]
+    assert config["read_only"] is True and config["max_body_mb"] == 7  # from the file
+    assert config["timeout_s"] == 120  # the environment over the file
+    assert gateway.interrupt()[0] == 0
