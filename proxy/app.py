@@ -11,14 +11,14 @@ from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from backend.routes import allowed_when_read_only
+from backend.routes import allowed_when_read_only, route_of
 from config import APP_NAME, Settings, api_keys
 from proxy.auth import is_loopback_host, key_name, origin_may_call, presented_key
 from proxy.catalog import CatalogBackend, CatalogSource
 from proxy.errors import error_response
 from proxy.forward import EXCHANGE, MODEL_RULES, Forwarder, forwarded_path, forwarded_route
 from proxy.observe import Exchange, Metrics, route_family
-from proxy.paths import PREFIX, route_api_family
+from proxy.paths import PREFIX, not_found_hint, route_api_family
 from proxy.policy import Limits, ModelLabels, ModelRules, limited_key_may_use, policy_for
 from proxy.transport import Backend
 
@@ -43,8 +43,9 @@ Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def _family(request: web.Request) -> str:
-    route = forwarded_route(request)
-    return route_api_family(route) if route else "ollama"
+    """The API family whose error shape the caller expects, also for a path outside
+    /ollama (a `/v1/...` there is an OpenAI client pointed at the bare URL)."""
+    return route_api_family(forwarded_route(request) or route_of(request.rel_url.raw_path))
 
 
 @web.middleware
@@ -87,6 +88,7 @@ def observe(metrics: Metrics) -> Middleware:
             response = await handler(request)
             if exchange.first_byte is None:  # the gateway answered by itself
                 exchange.status = response.status
+                exchange.bytes_out = response.content_length or 0  # its own error body
                 if response.status >= 400 and exchange.error is None:
                     exchange.error = _REFUSALS.get(response.status, f"http_{response.status}")
             return response
@@ -178,7 +180,8 @@ def method_not_allowed(allowed: list[str]) -> Handler:
 
 
 async def not_found(request: web.Request) -> web.StreamResponse:
-    raise web.HTTPNotFound()
+    """Anything outside /ollama and the gateway's own routes: a hint in the caller's shape."""
+    return error_response(404, not_found_hint(route_of(request.rel_url.raw_path)), _family(request))
 
 
 async def continue_after_checks(request: web.Request) -> web.StreamResponse | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from backend.routes import path_segments
 
 PREFIX = "/ollama"
@@ -28,3 +30,14 @@ def route_api_family(route: str) -> str:
     """`openai` for Ollama's OpenAI-compatible routes, `ollama` for the rest, from a route
     decoded by `route_of`. Decides the shape of errors the gateway writes itself."""
     return "openai" if route == "/v1" or route.startswith("/v1/") else "ollama"
+
+
+_OLLAMA_ROUTE = re.compile(r"/(api|v1)/[A-Za-z0-9/._:-]{1,100}")
+
+
+def not_found_hint(route: str) -> str:
+    """What a request outside /ollama is told (the likeliest first mistake: a client
+    pointed at the bare URL), from a route decoded by `route_of`. `/api/chat` is shown
+    where it belongs; anything else gets the general hint, never an echo of its path."""
+    example = PREFIX + route if _OLLAMA_ROUTE.fullmatch(route) else PREFIX + "/api/chat"
+    return f"not found: Ollama's API is under {PREFIX}/, e.g. {example}"

@@ -67,7 +67,30 @@ async def test_unknown_gateway_path_is_json_404(start_gateway, http):
     async with http.get(gateway + "/nope") as response:
         assert response.status == 404
         assert response.content_type == "application/json"
-        assert await response.json() == {"error": "Not Found"}
+        assert await response.json() == {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/chat"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/", {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/chat"}),
+        ("POST", "/api/chat", {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/chat"}),
+        ("GET", "/api/tags", {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/tags"}),
+        ("POST", "/v1/chat/completions", {"error": {
+            "message": "not found: Ollama's API is under /ollama/, e.g. /ollama/v1/chat/completions",
+            "type": "not_found_error", "param": None, "code": None}}),
+        ("GET", "/%761/models", {"error": {  # decoded as the router decodes it: /v1/models
+            "message": "not found: Ollama's API is under /ollama/, e.g. /ollama/v1/models",
+            "type": "not_found_error", "param": None, "code": None}}),
+    ],
+)  # fmt: skip
+async def test_a_request_outside_ollama_gets_a_hint_in_the_callers_shape(start_gateway, http, method, path, body):
+    backend = RecordingBackend()
+    gateway = await start_gateway(backend)
+    async with http.request(method, gateway + path, json={"model": "llama3.2"} if method == "POST" else None) as response:
+        assert response.status == 404
+        assert await response.json() == body
+    assert backend.calls == []
 
 
 async def test_other_methods_get_json_405_with_allow(start_gateway, http):

@@ -192,7 +192,7 @@ async def test_paths_outside_the_prefix_are_not_forwarded(standin, gateway, http
     _, state = standin
     async with http.get(gateway + "/ollamax/api/tags") as response:
         assert response.status == 404
-        assert await response.json() == {"error": "Not Found"}
+        assert await response.json() == {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/chat"}
     assert state.seen == []
 
 

@@ -144,6 +144,7 @@ async def test_one_access_log_line_per_request_without_prompt_or_key(observed, h
         body = await response.read()
     async with http.get(gateway + "/ollama/api/tags", headers={"Authorization": "Bearer sk-wrong"}) as response:
         assert response.status == 401
+        refusal = await response.read()
     state.first_token_delay = 2
     request = asyncio.ensure_future(http.post(gateway + "/ollama/api/generate", json={"model": "llama3.2", "prompt": SECRET_PROMPT}, headers=AUTH))
     await asyncio.sleep(0.2)
@@ -158,6 +159,7 @@ async def test_one_access_log_line_per_request_without_prompt_or_key(observed, h
     }  # fmt: skip
     assert 0 <= chat["ttfb_ms"] <= chat["duration_ms"]
     assert refused["status"] == 401 and refused["error"] == "unauthorized" and refused["ttfb_ms"] is None
+    assert refused["bytes_out"] == len(refusal) > 0  # the gateway's own error body was sent
     assert left["client_left"] is True and left["status"] == 499 and left["model"] == "llama3.2"
     assert SECRET_PROMPT not in caplog.text and KEY not in caplog.text and "sk-wrong" not in caplog.text
     assert "verbose" not in caplog.text  # no query strings either

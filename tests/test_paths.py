@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.routes import route_of
-from proxy.paths import route_api_family, upstream_path
+from proxy.paths import not_found_hint, route_api_family, upstream_path
 
 
 @pytest.mark.parametrize(
@@ -54,3 +54,18 @@ def test_route_of_is_what_ollama_matches(path, route):
 
 def test_api_family_of_encoded_openai_paths():
     assert route_api_family(route_of("/v1%2Fmodels")) == "openai"
+
+
+@pytest.mark.parametrize(
+    ("route", "example"),
+    [
+        ("/", "/ollama/api/chat"),
+        ("/api/chat", "/ollama/api/chat"),
+        ("/v1/models/llama3.2:latest", "/ollama/v1/models/llama3.2:latest"),
+        ("/ollamax/api/tags", "/ollama/api/chat"),
+        ("/api/<script>", "/ollama/api/chat"),  # never echoes what is not a plain route
+        ("/api/" + "x" * 200, "/ollama/api/chat"),
+    ],
+)
+def test_not_found_hint_points_at_the_prefix(route, example):
+    assert not_found_hint(route) == f"not found: Ollama's API is under /ollama/, e.g. {example}"
