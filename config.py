@@ -167,7 +167,7 @@ class ApiKey:
     key: str = field(repr=False)
 
 
-KEYS_FORM = "name:key entries separated by commas, such as me:sk-1,partner:sk-2"
+KEYS_FORM = "name:key entries separated by commas, such as me:<key>,partner:<key>"
 
 
 def api_keys(entries: tuple[str, ...]) -> tuple[ApiKey, ...]:

@@ -263,3 +263,83 @@ print(json.dumps(sorted(calls)))
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == ["a100-80gb", "l4"]  # not the default pool: it has no models
+
+
+# --- Safe by default: `modal deploy` imports app.py on the deployer's machine first ------------
+
+CREATED = """
+import modal, sys
+created = []
+real_app = modal.App.__init__
+def recording(self, *args, **kwargs):
+    created.append("App")
+    return real_app(self, *args, **kwargs)
+modal.App.__init__ = recording
+try:
+    import app
+finally:
+    print("created:", created, file=sys.stderr)
+"""
+
+
+def import_app(script: str = CREATED, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env_with_path(None, **env), capture_output=True, text=True, timeout=120)
+
+
+def test_an_open_deploy_is_refused_in_one_line_before_anything_is_created():
+    result = import_app()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert sorted(lines) == [
+        "created: []",  # not even the modal.App
+        "error: refusing to deploy an open gateway (anyone could run your GPUs): set GATEWAY_API_KEYS_SECRET to a Modal Secret "
+        "holding GATEWAY_API_KEYS, or set GATEWAY_API_KEYS, or GATEWAY_PROXY_AUTH=true; GATEWAY_ALLOW_OPEN=1 deploys it open on purpose",
+    ]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"GATEWAY_API_KEYS": "me:sk-1"}, {"GATEWAY_API_KEYS_SECRET": "garden-keys"}, {"GATEWAY_PROXY_AUTH": "true"}, {"GATEWAY_ALLOW_OPEN": "1"}],
+)
+def test_keys_a_key_secret_proxy_auth_or_an_explicit_yes_let_a_deploy_through(env):
+    result = import_app(**env)
+    assert result.returncode == 0, result.stderr
+    assert "created: ['App']" in result.stderr
+
+
+def test_inside_a_container_the_check_does_not_run():
+    # In a Modal container `modal.is_local()` is False: the keys come from the Secret
+    # mounted there, and app.py is imported to serve, never refused.
+    script = "import modal, modal._runtime.execution_context as ctx\nmodal.is_local = lambda: False\nimport app\nprint('served')"
+    result = import_app(script)
+    assert result.returncode == 0 and "served" in result.stdout, result.stderr
+    assert "this deploy runs" not in result.stderr  # nor is the summary printed there
+
+
+def test_a_deploy_says_what_it_runs_key_names_never_keys_and_what_it_costs():
+    result = import_app(
+        GATEWAY_API_KEYS="me:sk-secret-1,partner:sk-secret-2", OLLAMA_GPU="L4",
+        OLLAMA_MODEL_LIST="llama3.2,glm-4.7-flash:q8_0@A100-80GB", OLLAMA_WARM_SCHEDULE="Mon-Fri 08:30-18:00 Europe/Berlin",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "  pool default: L4 ($0.80 per GPU hour): llama3.2" in result.stderr
+    assert "  pool a100-80gb: A100-80GB ($2.50 per GPU hour): glm-4.7-flash:q8_0" in result.stderr
+    assert "  keys: me, partner" in result.stderr and "sk-secret" not in result.stderr + result.stdout
+    assert "  warm: Mon-Fri 08:30-18:00 Europe/Berlin (47.5 h a week" in result.stderr
+    assert "GPUs scale to zero after 300 s idle" in result.stderr and "idle cost: $" in result.stderr
+
+
+def test_a_deploy_reads_the_settings_file_and_the_environment_wins(tmp_path):
+    settings = tmp_path / "garden.env"
+    settings.write_text("GATEWAY_API_KEYS_SECRET=garden-keys\nOLLAMA_GPU=L4\nOLLAMA_MODEL_LIST=llama3.2\nOLLAMA_SCALEDOWN=60\n")
+    result = subprocess.run(
+        [sys.executable, "-c", READ_WIRING], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env=env_with_path(None, GARDEN_SETTINGS_FILE=str(settings), OLLAMA_SCALEDOWN="120"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr  # protected by the file's key secret
+    wiring = json.loads(result.stdout.strip().splitlines()[-1])
+    assert wiring["backend"]["gpus"] == [["L4", 1]] and wiring["backend"]["models"] == ["llama3.2"]
+    assert wiring["backend"]["scaledown"] == 120
+    assert wiring["gateway_secrets"] == ["modal.Secret.from_name('garden-keys')"]
+    # The containers are given the same settings, so they build the same garden.
+    assert wiring["image_env"] == {"GATEWAY_API_KEYS_SECRET": "garden-keys", "OLLAMA_GPU": "L4", "OLLAMA_MODEL_LIST": "llama3.2", "OLLAMA_SCALEDOWN": "120"}

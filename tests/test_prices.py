@@ -1,0 +1,32 @@
+"""backend.prices: the dated price table the deploy summary uses."""
+
+from __future__ import annotations
+
+import pytest
+
+from backend.prices import PRICES_DATE, PRICES_SOURCE, gateway_per_day, gpu_per_hour, warm_hours_per_week
+from config import MODAL_GPU_TYPES
+
+
+@pytest.mark.parametrize(("gpu", "price"), [("L4", 0.80), ("a100-80gb", 2.50), ("H100", 3.95), ("H100!", 3.95), ("H100:2", 7.90), ("T4", 0.59)])
+def test_gpu_prices_per_hour(gpu, price):
+    assert gpu_per_hour(gpu) == price
+
+
+def test_every_gpu_config_accepts_has_a_price_but_any():
+    assert [gpu for gpu in MODAL_GPU_TYPES if gpu_per_hour(gpu) is None] == ["ANY"]  # Modal picks the card
+    assert PRICES_DATE.startswith("2026") and PRICES_SOURCE.startswith("https://modal.com/")
+
+
+def test_the_always_warm_gateway_costs_cents_a_day():
+    # 0.125 core at $0.047/h and 0.125 GiB at $0.008/h, 24 h: about 17 cents.
+    assert gateway_per_day(1) == pytest.approx(0.165, abs=0.001)
+    assert gateway_per_day(0) == 0 and gateway_per_day(2) == pytest.approx(2 * gateway_per_day(1))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "hours"),
+    [("Mon-Fri 08:30-18:00 Europe/Berlin", 47.5), ("Mon-Fri 08:00-19:00, Sat 10:00-14:00 UTC", 59.0), ("Sun 22:00-02:00", 4.0)],
+)
+def test_warm_hours_a_week(schedule, hours):
+    assert warm_hours_per_week(schedule) == hours
