@@ -14,7 +14,9 @@ from pathlib import Path
 import modal
 
 from backend.summary import deploy_summary
-from config import APP_NAME, DEFAULT_POOL, ENVIRONMENT, MODAL_WEB_FIRST_BYTE_LIMIT, ConfigError, Pool, deploy_refusal, forwarded_env, settings
+from config import (
+    APP_NAME, DEFAULT_POOL, ENVIRONMENT, MODAL_WEB_FIRST_BYTE_LIMIT, ConfigError, Pool, deploy_refusal, forwarded_env, settings,
+)  # fmt: skip
 
 # --- Before anything is created: refuse an open gateway, say what this deploy runs -------
 # `modal deploy` imports this file on the deployer's machine first (modal.is_local());

@@ -36,9 +36,10 @@ def deploy_summary(settings: Settings) -> str:
         lines.append(f"  warm: {settings.ollama_warm_schedule} ({warm_hours:g} h a week with one container of each pool up)")
     else:
         lines.append("  warm: never (no OLLAMA_WARM_SCHEDULE): GPUs start on the first request")
-    lines.append(f"  GPUs scale to zero after {settings.ollama_scaledown} s idle (OLLAMA_SCALEDOWN), at most {settings.ollama_max_containers} container(s) per pool")
-    gateway = gateway_per_day(settings.gateway_min_containers)
-    idle = f"  idle cost: {_money(gateway + warm_per_day)} a day ({settings.gateway_min_containers} always-warm gateway container(s): {_money(gateway)}"
+    scaledown, most = settings.ollama_scaledown, settings.ollama_max_containers
+    lines.append(f"  GPUs scale to zero after {scaledown} s idle (OLLAMA_SCALEDOWN), at most {most} container(s) per pool")
+    gateway, warm_gateways = gateway_per_day(settings.gateway_min_containers), settings.gateway_min_containers
+    idle = f"  idle cost: {_money(gateway + warm_per_day)} a day ({warm_gateways} always-warm gateway container(s): {_money(gateway)}"
     idle += f"; warm windows: {_money(warm_per_day)} a day on average)" if warm_per_day else ")"
     lines.append(idle)
     lines.append(f"  (Modal list prices of {PRICES_DATE}, {PRICES_SOURCE}; GPU time while a model works comes on top)")
