@@ -302,4 +302,6 @@ def create_app(
 
     if not settings.gateway_api_keys:
         log.warning("no GATEWAY_API_KEYS set: the gateway is open to anyone who can reach it")
+    else:  # which names were read (never the keys): a typo shows here, not in a 401 later
+        log.info("API keys: %s", ", ".join(key.name for key in api_keys(settings.gateway_api_keys)))
     return app

@@ -111,6 +111,13 @@ async def test_keys_never_appear_in_logs(standin, start_gateway, http, caplog):
         assert secret not in caplog.text  # ... but no key
 
 
+async def test_the_gateway_logs_the_names_of_its_keys_never_the_keys(start_gateway, caplog):
+    caplog.set_level(logging.INFO, "proxy.app")
+    await start_gateway(InProcessBackend(OllamaRelay("http://127.0.0.1:9")), gateway_api_keys=("me:sk-a", "partner:sk-b", "sk-c"))
+    assert "API keys: me, partner, key-3" in caplog.text
+    assert "sk-a" not in caplog.text and "sk-b" not in caplog.text and "sk-c" not in caplog.text
+
+
 async def test_without_keys_the_gateway_is_open_and_warns(standin, start_gateway, http, caplog):
     url, _ = standin
     caplog.set_level(logging.WARNING)

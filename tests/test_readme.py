@@ -82,7 +82,11 @@ async def replay(make_modal_garden, http, caplog) -> tuple[dict, list[dict]]:
     """The README's scenario on the deployed shape: the GPU container starts, `me` chats
     with llama3.2, lists the models (answered from the catalog), and a request without a
     key is refused. Returns the metrics scrape and the access-log lines."""
-    garden = await make_modal_garden(gateway_api_keys=(f"me:{KEY}",))
+    deployed = load_settings(readme_settings_file())
+    garden = await make_modal_garden(
+        gateway_api_keys=(f"me:{KEY}",), ollama_gpu=deployed.ollama_gpu, ollama_model_list=deployed.ollama_model_list,
+        ollama_pools=deployed.ollama_pools,
+    )  # fmt: skip
     await garden.start_backend()
     caplog.set_level(logging.INFO, "proxy.access")
     auth = {"Authorization": f"Bearer {KEY}"}
