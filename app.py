@@ -13,10 +13,13 @@ from pathlib import Path
 
 import modal
 
+try:  # a bad setting stops the deploy in one line naming it, not a traceback
+    from config import (
+        APP_NAME, DEFAULT_POOL, ENVIRONMENT, MODAL_WEB_FIRST_BYTE_LIMIT, ConfigError, Pool, deploy_refusal, forwarded_env, settings,
+    )  # fmt: skip
+except ValueError as exc:  # config.ConfigError
+    sys.exit(f"configuration error: {exc}")
 from backend.summary import deploy_summary
-from config import (
-    APP_NAME, DEFAULT_POOL, ENVIRONMENT, MODAL_WEB_FIRST_BYTE_LIMIT, ConfigError, Pool, deploy_refusal, forwarded_env, settings,
-)  # fmt: skip
 
 # --- Before anything is created: refuse an open gateway, say what this deploy runs -------
 # `modal deploy` imports this file on the deployer's machine first (modal.is_local());
