@@ -261,6 +261,27 @@ def markdown(res: dict) -> str:
                 lines.append(f"| CPU per token, streams of {length} tokens (µs, measured) | {_fmt(g['cpu_per_token_us'][length], 1)} | "
                              f"{_fmt(k['cpu_per_token_us'][length], 1)} | "
                              f"{_fmt(_ratio(k['cpu_per_token_us'][length], g['cpu_per_token_us'][length]))} |")
+    base = res.get("baseline")
+    if base and split.get("gateway"):
+        g, k = split["gateway"], res.get("split_keys")
+        short, long = sorted(g["cpu_per_token_us"])
+        lines += [
+            "", f"## Before and after, in this run: the gateway at {base['commit']} (baseline) and this one", "",
+            f"The same cost split through the gateway of the baseline checkout (`--baseline {base['dir']}`), each right after "
+            "this gateway's run of the same length, plain and with a named key, a policy and token accounting:", "",
+            "| figure | baseline | this gateway | this / baseline | baseline, keys | this, keys | this / baseline, keys |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = [("CPU per relayed token, marginal (µs)", "per_token_us", None, 1), ("CPU per stream, fixed part (µs)", "per_stream_us", None, 0)]
+        rows += [(f"CPU per token, streams of {n} tokens (µs, measured)", "cpu_per_token_us", n, 1) for n in (short, long)]
+        for label, field, length, digits in rows:
+            def value(split_of: dict | None) -> float | None:
+                if not split_of:
+                    return None
+                return split_of[field][length] if length is not None else split_of[field]
+            b, t, bk, tk = value(base.get("plain")), value(g), value(base.get("keys")), value(k)
+            lines.append(f"| {label} | {_fmt(b, digits)} | {_fmt(t, digits)} | {_fmt(_ratio(t, b))} | {_fmt(bk, digits)} | "
+                         f"{_fmt(tk, digits)} | {_fmt(_ratio(tk, bk))} |")
     lines += ["", "## Run conditions (steady phase)", "",
               "| target | client CPU (% of one core) | client CPU s per 1,000 tokens | upstream CPU (% of one core) "
               "| other processes' CPU / hypervisor steal (% of one core) | client event-loop lag max (ms) "

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -186,6 +187,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="experiment: the interpreter that runs the gateway (e.g. another venv's bin/python)")
     p.add_argument("--gateway-env", action="append", default=[], metavar="NAME=VALUE",
                    help="experiment: extra environment for the gateway process (repeatable)")
+    p.add_argument("--baseline", default="", metavar="DIR",
+                   help="also run the cost split through the gateway of another checkout (e.g. `git worktree add DIR <rev>`): "
+                        "before and after a change, in the same run")
     p.add_argument("--out", default=str(BENCH / "out"), help="raw data and logs (default bench/out)")
     p.add_argument("--results", default=str(BENCH), help="where RESULTS.md and results.png go (default bench/)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 round, 100 streams, steps 200,500")
@@ -340,8 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     # give both, so a CPU-per-token ratio can be read for any stream length.
     split_runs: dict[str, dict[int, dict]] = {}
     keyed_split: dict[int, dict] = {}
+    baseline_split: dict[str, dict[int, dict]] = {"plain": {}, "keys": {}}
+    baseline_kw = {**stack_kw, "gateway_cwd": args.baseline}
     if args.split:
-        with Stack(args.upstream, args.rate, max(args.split), out, "split", **stack_kw) as st:
+        with Stack(args.upstream, args.rate, max(args.split), out, "split", **stack_kw) as st, \
+                (Stack(args.upstream, args.rate, max(args.split), out, "split-baseline", **baseline_kw) if args.baseline else nullcontext()) as bt:
             for target in PROXIES:
                 for tokens in args.split:
                     log(f"cost split: {target}, {args.streams} streams x {tokens} tokens")
@@ -350,18 +357,31 @@ def main(argv: list[str] | None = None) -> int:
                                         out=out / f"split-{target}-{tokens}", clients=args.clients)
                     split_runs.setdefault(target, {})[tokens] = res
                     log(f"  ok {res['ok']}/{args.streams}, cpu {res['cpu'][target]:.2f}s")
+                    if bt is not None and target == "gateway":  # the code before, right after: the same conditions
+                        log(f"cost split: the baseline gateway ({args.baseline}), {args.streams} streams x {tokens} tokens")
+                        res = guard.measure(bt, f"split baseline {tokens}", target="gateway", streams=args.streams, tokens=tokens,
+                                            ramp=args.ramp, deadline=2 * tokens / args.rate + 5, warmup_tokens=warmup,
+                                            out=out / f"split-baseline-{tokens}", clients=args.clients)
+                        baseline_split["plain"][tokens] = res
+                        log(f"  ok {res['ok']}/{args.streams}, cpu {res['cpu']['gateway']:.2f}s")
         # The same split through a gateway that checks a named key, applies its policy
         # (an allowlist and limits it never reaches) and counts its tokens.
         keyed_env = {"GATEWAY_API_KEYS": "bench:sk-bench-key",
                      "GATEWAY_KEY_POLICY": '{"bench": {"models": ["llama3.2"], "max_streams": 100000, "requests_per_minute": 10000000}}'}
-        with Stack(args.upstream, args.rate, max(args.split), out, "split-keys", **{**stack_kw, "gateway_env": {**stack_kw["gateway_env"], **keyed_env}}) as st:
+        keyed_kw = {**stack_kw, "gateway_env": {**stack_kw["gateway_env"], **keyed_env}}
+        with Stack(args.upstream, args.rate, max(args.split), out, "split-keys", **keyed_kw) as st, \
+                (Stack(args.upstream, args.rate, max(args.split), out, "split-keys-baseline", **{**keyed_kw, "gateway_cwd": args.baseline})
+                 if args.baseline else nullcontext()) as bt:
             for tokens in args.split:
-                log(f"cost split: gateway with keys, a policy and token accounting, {args.streams} streams x {tokens} tokens")
-                res = guard.measure(st, f"split gateway+keys {tokens}", target="gateway", streams=args.streams, tokens=tokens,
-                                    ramp=args.ramp, deadline=2 * tokens / args.rate + 5, warmup_tokens=warmup,
-                                    out=out / f"split-keys-{tokens}", clients=args.clients, client_env={"BENCH_API_KEY": "sk-bench-key"})
-                keyed_split[tokens] = res
-                log(f"  ok {res['ok']}/{args.streams}, cpu {res['cpu']['gateway']:.2f}s")
+                for who, stack in (("gateway", st), ("baseline", bt)):
+                    if stack is None:
+                        continue
+                    log(f"cost split: {who} with keys, a policy and token accounting, {args.streams} streams x {tokens} tokens")
+                    res = guard.measure(stack, f"split {who}+keys {tokens}", target="gateway", streams=args.streams, tokens=tokens,
+                                        ramp=args.ramp, deadline=2 * tokens / args.rate + 5, warmup_tokens=warmup,
+                                        out=out / f"split-keys-{who}-{tokens}", clients=args.clients, client_env={"BENCH_API_KEY": "sk-bench-key"})
+                    (keyed_split if who == "gateway" else baseline_split["keys"])[tokens] = res
+                    log(f"  ok {res['ok']}/{args.streams}, cpu {res['cpu']['gateway']:.2f}s")
 
     # Saturation phase: step the concurrency up until a target fails or the top step is done.
     sat_runs: dict[str, list[dict]] = {t: [] for t in TARGETS}
@@ -389,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
 
     results = report.build(args, info, steady_runs, sat_runs, steady_hwm, sat_hwm, split_runs)
     results["split_keys"] = report.cost_split(keyed_split, "gateway") if keyed_split else None
+    if args.baseline:
+        commit = subprocess.run(["git", "-C", args.baseline, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        results["baseline"] = {"dir": args.baseline, "commit": commit or "?",
+                               **{kind: report.cost_split(runs, "gateway") for kind, runs in baseline_split.items()}}
     from bench import idle
 
     log("idle hour: backend calls caused by idle chat tabs, before and after the catalog")

@@ -86,6 +86,7 @@ class Stack(procs.Started):
     gateway_env: dict[str, str] = field(default_factory=dict)  # extra environment for the gateway only
     gateway_python: str = ""  # an experiment: another interpreter (venv) for the gateway only
     gateway_prelude: str = ""  # an experiment: Python run in the gateway process before `python -m proxy`'s main
+    gateway_cwd: str = ""  # the checkout whose gateway runs (--baseline: the code before a change); default this one
     procs_: dict[str, subprocess.Popen] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     nginx_workers: list[int] = field(default_factory=list)
@@ -115,7 +116,7 @@ class Stack(procs.Started):
             cmd = [py_gw, "-c", prelude + "\nimport sys\nfrom proxy.__main__ import main\nsys.exit(main(sys.argv[1:]))", "--port", str(gw)]
         else:
             cmd = [py_gw, "-m", "proxy", "--port", str(gw)]
-        self._spawn("gateway", cmd, {**env, **self.gateway_env, "OLLAMA_HOST": f"127.0.0.1:{up}"})
+        self._spawn("gateway", cmd, {**env, **self.gateway_env, "OLLAMA_HOST": f"127.0.0.1:{up}"}, cwd=self.gateway_cwd or REPO)
         procs.wait_http(f"http://127.0.0.1:{gw}/health", self.procs_["gateway"], 30, b"ok")
         key = self.gateway_env.get("GATEWAY_API_KEYS", "").split(",")[0].rpartition(":")[2]  # a `name:key` entry's key
         auth = {"Authorization": f"Bearer {key}"} if key else None
@@ -134,10 +135,10 @@ class Stack(procs.Started):
         if not self.nginx_workers:
             raise RuntimeError("nginx started no worker process")
 
-    def _spawn(self, what: str, cmd: list[str], env: dict[str, str]) -> None:
+    def _spawn(self, what: str, cmd: list[str], env: dict[str, str], cwd: Path | str = REPO) -> None:
         log = self._log(what)
         self.procs_[what] = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def url(self, target: str) -> str:
