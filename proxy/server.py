@@ -194,25 +194,39 @@ def run_forever(
     """Serve `app` in the foreground (local mode) until Ctrl-C or SIGTERM, then clean up
     (the app's on_cleanup hooks run: they stop an Ollama we started).
 
-    The first Ctrl-C lets open streams end (up to SHUTDOWN_TIMEOUT), after telling
-    `on_stopping` how many there are; a second one stops at once (asyncio.Runner raises
-    KeyboardInterrupt on it). Raises ListenError if it cannot listen.
+    The first Ctrl-C (or SIGTERM) lets open streams end (up to SHUTDOWN_TIMEOUT), after
+    telling `on_stopping` how many there are; a second Ctrl-C cuts them and stops at once.
+    Both are the event loop's own signal handlers, so they act however busy the loop is.
+    Raises ListenError if it cannot listen.
     """
 
     async def main() -> None:
-        stop = asyncio.Event()
-        with contextlib.suppress(NotImplementedError):  # Windows has no signal handlers on the loop
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        loop = asyncio.get_running_loop()
+        stopping, hurry = asyncio.Event(), asyncio.Event()
+
+        def interrupted() -> None:
+            (hurry if stopping.is_set() else stopping).set()
+
+        with contextlib.suppress(NotImplementedError):  # Windows: asyncio.Runner's KeyboardInterrupt instead
+            loop.add_signal_handler(signal.SIGINT, interrupted)
+            loop.add_signal_handler(signal.SIGTERM, stopping.set)
         runner, _ = await start_site(app, host, port, shutdown_timeout=SHUTDOWN_TIMEOUT)
         try:
             on_ready()
-            await stop.wait()
-        except asyncio.CancelledError:  # the first Ctrl-C
+            await stopping.wait()
             if on_stopping is not None:
                 on_stopping(requests_in_progress(runner))
-            raise
         finally:
-            await runner.cleanup()
+            # The app's on_cleanup hooks run either way (they stop an Ollama we started).
+            cleanup = asyncio.ensure_future(runner.cleanup())
+            second = asyncio.ensure_future(hurry.wait())
+            await asyncio.wait({cleanup, second}, return_when=asyncio.FIRST_COMPLETED)
+            second.cancel()
+            if not cleanup.done():  # a second Ctrl-C: cut the open streams, then finish cleaning up
+                for handler in list(runner.server.connections if runner.server else ()):
+                    if handler.transport is not None:
+                        handler.transport.abort()
+                await cleanup
 
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         try:
