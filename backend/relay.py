@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from yarl import URL
 
 from backend.http1 import BodySink, ConnectionClosed, Http1Connection
-from backend.wire import BackendUnavailable, Frame, Headers, RequestFrame, head_frame
+from backend.wire import END, BackendUnavailable, Headers, HeadFrame, RequestFrame, declares_length, head_frame
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class UpstreamResponse:
 
     served_by = "backend"
     cold_start = False  # set by whoever knows (the remote transport, from the backend)
+    reruns = 0  # a local Ollama is never preempted
     pool = ""  # set by proxy.pools
 
     def __init__(self, relay: OllamaRelay, connection: Http1Connection, status: int, headers: Headers) -> None:
@@ -140,16 +141,23 @@ class OllamaRelay:
                 raise
             return UpstreamResponse(self, connection, status, response_headers)
 
-    async def stream(self, request: RequestFrame) -> AsyncIterator[Frame]:
-        """The response as frames: the head, then body chunks as they arrive.
+    async def stream(self, request: RequestFrame) -> AsyncIterator[HeadFrame | bytes]:
+        """The response: the head frame, then body chunks as they arrive.
 
-        This is the shape the Modal method yields. Closing the generator early closes
+        The Modal method yields these (marked with its run, backend.service). Closing the generator early closes
         the upstream connection, which is how Ollama learns to stop generating.
         """
         response = await self.open(request)
         try:
-            yield head_frame(response.status, response.headers)
-            async for chunk in response.chunks():
+            head = head_frame(response.status, response.headers)
+            chunks = response.chunks()
+            if declares_length(response.headers):
+                # Its first bytes cross in the head's frame (Ollama sends such a body with
+                # its head): no re-run elsewhere can then leave the client holding a
+                # declared length and none of its body (see proxy.transport).
+                head["body"] = await anext(chunks, END)
+            yield head
+            async for chunk in chunks:
                 yield chunk
         finally:
             await response.aclose()

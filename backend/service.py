@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +19,7 @@ from backend import ollama_server
 from backend.cancel import StopSignals, until_stopped
 from backend.relay import OllamaRelay
 from backend.routes import writes_model_store
-from backend.wire import Frame, RequestFrame
+from backend.wire import END, Frame, RequestFrame
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class OllamaService:
         left, since Modal does not tell a generator that its consumer went away.
         """
         frames = self.relay.stream(request)
+        # This run of the request, in every frame: Modal re-runs a preempted input in another
+        # container, whose frames the gateway must tell apart (backend.wire). From the OS's
+        # entropy, not `random`, whose state a memory snapshot would copy into every container.
+        run = int.from_bytes(os.urandom(8), "big")
         request_id = request.get("request_id")
         stop = None
         if stops is not None and request_id:
@@ -98,11 +103,14 @@ class OllamaService:
         held: Frame | None = None
         async with contextlib.aclosing(frames):
             try:
-                async for frame in frames:
-                    if isinstance(frame, dict):
-                        status = frame["status"]
+                async for chunk in frames:
+                    if isinstance(chunk, dict):
+                        status = chunk["status"]
+                        frame = {**chunk, "run": run}
                         if self.waited_for_start(request):
-                            frame = {**frame, "cold_start": True}
+                            frame["cold_start"] = True
+                    else:
+                        frame = (run, chunk)
                     if hold_last:
                         frame, held = held, frame
                         if frame is None:
@@ -119,6 +127,8 @@ class OllamaService:
                 await asyncio.to_thread(self.refresh_catalog, f"after {request['method']} {request['path'].partition('?')[0]}")
         if held is not None:
             yield held
+        if not stopped:
+            yield (run, END)  # the answer is whole
 
     def refresh_catalog(self, reason: str) -> None:
         """Rewrite the catalog from this Ollama (blocking: start-up hook or worker thread)."""

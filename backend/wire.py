@@ -1,8 +1,13 @@
 """What crosses the gateway -> backend seam.
 
 Only plain values cross it (they are pickled by Modal): a request is a dict, the
-response is a head dict followed by `bytes` chunks. Keeping these shapes in one module
+response is a head dict followed by body frames. Keeping these shapes in one module
 lets both transports and both sides agree without sharing classes.
+
+Every frame of a response names the run that made it. Modal re-runs a preempted input
+in another container, and the caller's client skips the frames whose index it already
+has, so a stream can go on with frames of a second generation; the run mark is how the
+gateway sees that, and never relays them (proxy.transport).
 """
 
 from __future__ import annotations
@@ -25,11 +30,18 @@ class RequestFrame(TypedDict, total=False):
 class HeadFrame(TypedDict, total=False):
     status: int  # always there
     headers: Headers  # always there
+    run: int  # this run of the request (a re-run elsewhere has another); from the backend
+    body: bytes  # a body of declared length: its first bytes, in the same frame as the head
     cold_start: bool  # the request waited for its container to start
 
 
-# A stream is one HeadFrame, then zero or more bytes chunks.
-Frame = Union[HeadFrame, bytes]
+# A body frame: (run, chunk). A run's last frame is (run, END): a stream that stops
+# without it was cut by a re-run that had fewer frames than were already received.
+BodyFrame = tuple[int, bytes]
+END = b""
+
+# A stream is one HeadFrame, then zero or more body frames, then the end frame.
+Frame = Union[HeadFrame, BodyFrame]
 
 
 def _plain(headers: Headers) -> Headers:
@@ -45,6 +57,12 @@ def head_frame(status: int, headers: Headers) -> HeadFrame:
     return {"status": int(status), "headers": _plain(headers)}
 
 
+def declares_length(headers: Headers) -> bool:
+    """A body delimited by its Content-Length (not chunked, not until close)."""
+    names = {name.lower() for name, _ in headers}
+    return "content-length" in names and "transfer-encoding" not in names
+
+
 class BackendUnavailable(Exception):
     """The backend cannot serve at all (Ollama not reachable or not installed).
 
@@ -55,3 +73,8 @@ class BackendUnavailable(Exception):
 
 class UpstreamBroken(Exception):
     """Ollama's response ended abnormally after the head was sent."""
+
+
+class BackendPreempted(UpstreamBroken):
+    """The GPU container was preempted after part of the answer reached the client, and
+    Modal's re-run could not continue it: the answer is incomplete."""

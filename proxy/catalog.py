@@ -54,6 +54,7 @@ class StoredResponse:
     served_by = "gateway"
     cold_start = False
     pool = ""
+    reruns = 0
 
     def __init__(self, status: int, content_type: str, body: bytes) -> None:
         self.status = status
@@ -236,6 +237,10 @@ class _ForgetsWhenDone:
         self.served_by = response.served_by
         self.cold_start = response.cold_start
         self.pool = response.pool
+
+    @property
+    def reruns(self) -> int:  # known only once the body is sent
+        return self._response.reruns
 
     async def send_body(self, sink: BodySink) -> None:
         try:

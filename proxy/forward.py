@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.web import RequestPayloadError
 
 from backend.routes import route_of
-from backend.wire import BackendUnavailable, RequestFrame, UpstreamBroken, request_frame
+from backend.wire import BackendPreempted, BackendUnavailable, RequestFrame, UpstreamBroken, request_frame
 from proxy.bodies import stream_content_type
 from proxy.errors import error_response, keepalive_bytes, stream_error_tail
 from proxy.headers import body_length, client_response_headers, upstream_request_headers
@@ -328,6 +328,7 @@ class Forwarder:
             await upstream.aclose()
 
     async def _send_body(self, response: web.StreamResponse, body: ClientBody, upstream: BackendResponse, exchange: Exchange) -> web.StreamResponse:
+        kind, unseen = "stream_broken", 0
         try:
             await upstream.send_body(body)
             broken = None if body.complete else f"the backend's body did not match its Content-Length ({body.sent} bytes)"
@@ -339,13 +340,21 @@ class Forwarder:
         except (ConnectionResetError, asyncio.CancelledError):
             exchange.client_left = True
             raise  # the caller closes the backend response
+        except BackendPreempted as exc:
+            # Told in band, never spliced (proxy.transport); unless all of a declared length
+            # went out: the preemption came after the end of the answer, which is whole.
+            if response.content_length is not None and body.complete:
+                broken, unseen = None, 1
+            else:
+                broken, kind = str(exc), "backend_preempted"
         except Exception as exc:  # noqa: BLE001
             broken = f"upstream stream ended early: {exc}"
         finally:
             exchange.bytes_out = body.sent
+            exchange.reruns = upstream.reruns + unseen
         if broken is not None:
             log.warning("stream from the backend broke: %s", broken)
-            exchange.error = "stream_broken"
+            exchange.error = kind
             # NDJSON and SSE can say so in band (as Ollama does), unless the length is fixed.
             tail = stream_error_tail(response.content_type, broken, body.last) if response.content_length is None else b""
             if not tail:

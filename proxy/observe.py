@@ -82,6 +82,7 @@ class Exchange:
     key: str = ""  # the name of the API key used (never the key)
     prompt_tokens: int | None = None  # as Ollama reported them at the end of its answer
     completion_tokens: int | None = None
+    reruns: int = 0  # preempted GPU runs replaced before the client saw any of their body
 
     def answered_by(self, response: BackendResponse) -> None:
         """Who answered: the backend or the gateway, after a cold start or not, which pool."""
@@ -111,6 +112,8 @@ class Exchange:
             fields["early_head"] = True
         if self.cold_start:
             fields["cold_start"] = True
+        if self.reruns:
+            fields["reruns"] = self.reruns
         if self.error:
             fields["error"] = self.error
         return fields
@@ -158,6 +161,12 @@ class Metrics:
         self.bytes_relayed = Counter("garden_bytes_relayed", "Response body bytes relayed to clients", registry=r)
         self.disconnects = Counter("garden_client_disconnects", "Clients that left before the response ended", ["family"], registry=r)
         self.errors = Counter("garden_gateway_errors", "Errors the gateway produced itself", ["kind"], registry=r)
+        self.reruns = Counter(
+            "garden_backend_reruns",
+            "GPU runs preempted mid-answer: replaced unseen (invisible) or the answer ended with an error (told)",
+            ["pool", "outcome"],
+            registry=r,
+        )
 
     def _child(self, metric, labels: tuple[str, ...]):  # noqa: ANN001, ANN202 (a prometheus_client metric)
         """`metric.labels(*labels)`, kept: prometheus_client's lookup validates and copies
@@ -193,4 +202,8 @@ class Metrics:
             self.disconnects.labels(family).inc()
         if exchange.error:
             self.errors.labels(exchange.error).inc()
+        if exchange.reruns:
+            self.reruns.labels(exchange.pool, "invisible").inc(exchange.reruns)
+        if exchange.error == "backend_preempted":
+            self.reruns.labels(exchange.pool, "told").inc()
         access_log.info(json.dumps(exchange.log_fields(now), separators=(",", ":")))

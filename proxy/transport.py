@@ -20,7 +20,7 @@ from typing import Protocol
 from backend.cancel import StopSignals
 from backend.http1 import BodySink
 from backend.relay import OllamaRelay
-from backend.wire import BackendUnavailable, Frame, Headers, RequestFrame, UpstreamBroken
+from backend.wire import END, BackendPreempted, BackendUnavailable, Frame, Headers, HeadFrame, RequestFrame, UpstreamBroken
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,7 @@ class BackendResponse(Protocol):
     served_by: str  # "backend" (Ollama answered) or "gateway" (proxy.catalog answered)
     cold_start: bool  # this request waited for a GPU container to start
     pool: str  # the GPU pool that answered ("" if none did)
+    reruns: int  # preempted runs replaced by a fresh call before the client saw any body
 
     async def send_body(self, sink: BodySink) -> None:
         """Write body chunks to `sink` as they arrive; return at the end. Raises `UpstreamBroken`."""
@@ -76,7 +77,7 @@ class RemoteBackend:
         self.call = call
         self.stops = stops
 
-    async def open(self, request: RequestFrame) -> BackendResponse:
+    async def open(self, request: RequestFrame) -> RemoteResponse:
         request_id = uuid.uuid4().hex
         frames = self.call({**request, "request_id": request_id, "sent_at": time.time()})
         try:
@@ -94,9 +95,7 @@ class RemoteBackend:
             # The container could not be reached or failed to start.
             first_line = (str(exc).splitlines() or [""])[0][:200]
             raise BackendUnavailable(f"the backend could not be reached or failed to start ({type(exc).__name__}: {first_line})") from None
-        response = RemoteResponse(self, request_id, head["status"], head["headers"], frames)
-        response.cold_start = bool(head.get("cold_start"))
-        return response
+        return RemoteResponse(self, request, request_id, head, frames)
 
     async def send_stop(self, request_id: str) -> None:
         try:
@@ -109,31 +108,78 @@ class RemoteBackend:
         return None
 
 
+PREEMPTED = "the GPU container was preempted and the answer is incomplete: try again"
+# Fresh calls a response may make for a preempted run before any of it reached the client.
+MAX_RERUNS = 3
+
+
+def _shape(status: int, headers: Headers) -> tuple:
+    """What a client holding this head expects of the body: a fresh call with the same
+    shape can take the place of a run that sent none of its body."""
+    picked = {name.lower(): value for name, value in headers if name.lower() in ("content-length", "content-type", "transfer-encoding")}
+    return status, picked
+
+
 class RemoteResponse:
-    """A response whose body frames come from a remote generator."""
+    """A response whose body frames come from a remote generator.
+
+    Modal re-runs an input whose container was preempted, and its client skips the frames
+    whose index it already has: the frames then come from a second generation. Each frame
+    names its run (backend.wire); the first frame of another run ends this one. If none of
+    the body reached the sink yet, the re-run is stopped and a fresh call takes its place,
+    unseen (`reruns` counts them); otherwise `send_body` raises `BackendPreempted`, and the
+    re-run is stopped by `aclose()` like any stream left early.
+    """
 
     served_by = "backend"
     cold_start = False
     pool = ""
 
-    def __init__(self, backend: RemoteBackend, request_id: str, status: int, headers: Headers, frames: AsyncIterator[Frame]) -> None:
-        self.status = status
-        self.headers = headers
+    def __init__(self, backend: RemoteBackend, request: RequestFrame, request_id: str, head: HeadFrame, frames: AsyncIterator[Frame]) -> None:
+        self.status = head["status"]
+        self.headers = head["headers"]
+        self.cold_start = bool(head.get("cold_start"))
+        self.reruns = 0
         self._backend = backend
+        self._request = request  # for a fresh call (Modal's own call holds it until the end anyway)
         self._request_id = request_id
+        self._run = head.get("run")
+        self._first = head.get("body", END)  # a body of declared length comes with its head
         self._frames = frames
         self._over = False  # the backend finished (or failed) on its own: no stop needed
 
     async def send_body(self, sink: BodySink) -> None:
         draining = False
+        written = False  # some of the body reached the sink: no fresh call can replace it
         try:
-            async for chunk in self._frames:
-                if not sink.write(chunk):
-                    draining = True
-                    await sink.drain()
-                    draining = False
+            while True:
+                if self._first:
+                    written = True
+                    if not sink.write(self._first):
+                        draining = True
+                        await sink.drain()
+                        draining = False
+                run, chunk = self._run, None
+                # Per chunk: one unpack and one comparison of ints.
+                async for frame_run, chunk in self._frames:
+                    if frame_run != run:
+                        break  # a re-run's frame: never relayed
+                    if not sink.write(chunk):
+                        draining = True
+                        await sink.drain()
+                        draining = False
+                    written = True
+                else:
+                    if chunk == END:
+                        break  # this run's end: the whole answer
+                    # Ended without its end frame: a shorter re-run ended the stream.
+                if written or self.reruns >= MAX_RERUNS:
+                    raise BackendPreempted(PREEMPTED)
+                await self._call_again()
         except asyncio.CancelledError:
             raise  # we stop reading: aclose() sends the stop
+        except BackendPreempted:
+            raise  # aclose() stops the re-run
         except Exception:
             # From the sink: our client left, and aclose() stops the backend's work.
             # From the frames: a backend error, which already ended that work.
@@ -141,9 +187,26 @@ class RemoteResponse:
             raise
         self._over = True
 
+    async def _call_again(self) -> None:
+        """Stop the re-run and make a fresh call in its place; BackendPreempted if its
+        answer cannot take the place of the one the client has the head of."""
+        await self._backend.send_stop(self._request_id)
+        await self._frames.aclose()
+        self.reruns += 1
+        log.warning("the backend's container was preempted before any of the body was sent: calling it again")
+        self._over = True  # until the fresh call has a head, nothing runs that we must stop (open() stops its own)
+        try:
+            fresh = await self._backend.open(self._request)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendPreempted(f"{PREEMPTED} (calling the backend again failed: {exc})") from None
+        self._over = False
+        self._request_id, self._frames, self._run, self._first = fresh._request_id, fresh._frames, fresh._run, fresh._first
+        if _shape(fresh.status, fresh.headers) != _shape(self.status, self.headers):
+            raise BackendPreempted(f"{PREEMPTED} (calling the backend again gave another kind of answer: {fresh.status})")
+
     async def aclose(self) -> None:
         if not self._over:
-            # We stopped reading before the end (client left, HEAD, an error of ours).
+            # We stopped reading before the end (client left, HEAD, an error of ours, a re-run).
             self._over = True
             await self._backend.send_stop(self._request_id)
         await self._frames.aclose()

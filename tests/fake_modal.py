@@ -4,6 +4,9 @@ Faithful where the design depends on it (read from the installed modal 1.6 sourc
 - `remote_gen.aio(request)`: each input runs as its own task in the "container"; only
   pickled values cross (request in, frames out); the caller closing its iterator early
   tells the producer nothing (modal-client sends no cancel).
+- Preemption (`FakeBackendMethod.preempt`): the input is re-run in a new container and
+  the caller skips the frame indices it already has, as modal's client does
+  (`detached_call`).
 - `get_current_stats.aio()`: a control-plane read that creates no input and starts no
   container; `num_total_runners` counts containers up, busy or idle.
 - `modal.Dict`: values are pickled; `get` returns the default for a missing key.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import queue
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,35 +39,77 @@ def _cross(value: Any) -> Any:
     return pickle.loads(pickle.dumps(value))
 
 
-def detached_call(produce: Callable[[dict], AsyncIterator[Any]]) -> Callable[[dict], AsyncIterator[Any]]:
+def detached_call(
+    produce: Callable[[dict], AsyncIterator[Any]],
+    preemptions: list[int] | None = None,
+    new_container: Callable[[], Awaitable[None]] | None = None,
+) -> Callable[[dict], AsyncIterator[Any]]:
     """Like Modal's `remote_gen.aio`: the producer runs on its own, and when the consumer
-    stops reading, nothing tells the producer."""
+    stops reading, nothing tells the producer.
+
+    Preemption, as modal 1.6.4 handles it: each number taken from `preemptions` (one per
+    run, in order) preempts that run after it has sent that many frames (0: before its
+    first, e.g. while its container starts). Modal re-runs the input, the same pickled
+    request, in a new container (`new_container()` waits for it), and the caller keeps its
+    place by index: `_stream_function_call_data` (modal/_utils/function_utils.py:451,
+    473-474, 481) starts at `last_index = 0`, skips `if chunk.index <= last_index`, and
+    keeps `last_index = chunk.index`, and the new run numbers its outputs from 1 again;
+    `run_generator` (modal/_functions.py:364-383) counts items across runs and stops once
+    `items_received >= items_total` of the run that finished. The caller sees no error.
+    """
     producers: list[asyncio.Task] = []
+    runs: list[dict] = []  # the request of every run, re-runs included
+    preemptions = [] if preemptions is None else preemptions
 
     def call(request: dict) -> AsyncIterator[Any]:
         async def consume() -> AsyncIterator[Any]:
-            frames: asyncio.Queue = asyncio.Queue()
+            outputs: asyncio.Queue = asyncio.Queue()  # Modal's data_out stream, in order
+
+            async def run_once(preempt_after: int | None) -> bool:
+                """One run in one container; False if it was preempted."""
+                runs.append(request)
+                frames = produce(_cross(request))
+                index = 0
+                try:
+                    async for frame in frames:
+                        if index == preempt_after:
+                            return False  # the container dies: this frame and the rest are lost
+                        index += 1
+                        await outputs.put(("output", index, _cross(frame)))
+                finally:
+                    await frames.aclose()  # its Ollama request dies with it
+                await outputs.put(("done", index, None))  # GeneratorDone(items_total=index)
+                return True
 
             async def pump() -> None:
                 try:
-                    async for frame in produce(_cross(request)):
-                        await frames.put(("frame", _cross(frame)))
-                    await frames.put(("end", None))
+                    while not await run_once(preemptions.pop(0) if preemptions else None):
+                        if new_container is not None:
+                            await new_container()
                 except Exception as exc:  # noqa: BLE001
-                    await frames.put(("error", exc))
+                    await outputs.put(("error", 0, exc))
 
             producers.append(asyncio.ensure_future(pump()))
+            last_index = 0
+            items_received = 0
             while True:
-                kind, value = await frames.get()
-                if kind == "end":
-                    return
+                kind, index, value = await outputs.get()
                 if kind == "error":
                     raise value
+                if kind == "done":
+                    if items_received >= index:
+                        return
+                    continue
+                if index <= last_index:
+                    continue
+                last_index = index
+                items_received += 1
                 yield value
 
         return consume()
 
     call.producers = producers  # type: ignore[attr-defined]
+    call.runs = runs  # type: ignore[attr-defined]
     return call
 
 
@@ -92,13 +137,28 @@ class FakeBackendMethod:
         self.start_delay = start_delay
         self._ready_at = 0.0
         self._produce = produce
-        self._call = detached_call(self._after_start)
+        self.preemptions: list[int] = []  # see preempt()
+        self._call = detached_call(self._after_start, self.preemptions, self._new_container)
         self.remote_gen = _Method(self._blocking, self._remote_gen)
         self.get_current_stats = _Method(self._blocking, self._stats)
 
     @property
     def producers(self) -> list[asyncio.Task]:
         return self._call.producers  # type: ignore[attr-defined]
+
+    @property
+    def runs(self) -> list[dict]:
+        """The request of every run: one per call, and one per re-run after a preemption."""
+        return self._call.runs  # type: ignore[attr-defined]
+
+    def preempt(self, *after_frames: int) -> None:
+        """Preempt the next runs, in order, each after it has sent that many frames (the
+        head is the first); Modal re-runs each in a new container (see `detached_call`)."""
+        self.preemptions.extend(after_frames)
+
+    async def _new_container(self) -> None:
+        # The re-run's container starts as any does (the image, `ollama serve`, the model).
+        await asyncio.sleep(self.start_delay)
 
     def _blocking(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the gateway must use .aio: it runs on an event loop")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from backend.cancel import LocalStopSignals
-from backend.wire import head_frame
+from backend.wire import END, head_frame
 from proxy.transport import RemoteBackend
 from tests.conftest import raw_exchange
 
@@ -24,8 +24,9 @@ class RecordingBackend(RemoteBackend):
 
     async def stream(self, request):
         self.calls.append(request)
-        yield head_frame(200, [("Content-Type", "application/json")])
-        yield b"{}"
+        yield {**head_frame(200, [("Content-Type", "application/json")]), "run": 1}
+        yield (1, b"{}")
+        yield (1, END)
 
     async def aclose(self) -> None:
         pass

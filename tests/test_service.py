@@ -104,7 +104,7 @@ async def test_the_response_ends_before_the_commit_and_commits_run_one_at_a_time
 
     service = OllamaService(url, (), commit=slow_commit, server=AlreadyRunning())
     pull = [f async for f in service.proxy(request_frame("POST", "/api/pull", [], b'{"model": "qwen3:0.6b"}'))]
-    assert json.loads(pull[-1].splitlines()[-1]) == {"status": "success"}  # the whole stream, with the commit still running
+    assert json.loads(pull[-2][1].splitlines()[-1]) == {"status": "success"}  # the whole stream, with the commit still running
     copy = [f async for f in service.proxy(request_frame("POST", "/api/copy", [], b'{"source": "qwen3:0.6b", "destination": "q2"}'))]
     delete = [f async for f in service.proxy(request_frame("DELETE", "/api/delete", [], b'{"model": "q2"}'))]
     assert copy[0]["status"] == delete[0]["status"] == 200 and commits == []
@@ -123,7 +123,7 @@ async def test_a_failed_commit_is_logged_and_breaks_no_stream(standin, caplog):
     service = OllamaService(url, (), commit=failing_commit, server=AlreadyRunning())
     frames = [f async for f in service.proxy(request_frame("POST", "/api/pull", [], b'{"model": "qwen3:0.6b"}'))]
     await service.settle()
-    assert frames[0]["status"] == 200 and b'"success"' in frames[-1]
+    assert frames[0]["status"] == 200 and b'"success"' in frames[-2][1]
     assert "volume commit (after an API store change) or its reload failed: RuntimeError" in caplog.text
     assert "Modal commits again when the container exits" in caplog.text
     await service.relay.aclose()
@@ -153,7 +153,7 @@ async def test_a_store_change_that_breaks_still_sends_what_it_had_then_fails(sta
     with pytest.raises(Exception, match="ended early"):
         async for frame in service.proxy(request_frame("POST", "/api/pull", [], b'{"model": "qwen3:0.6b"}')):
             frames.append(frame)
-    assert frames[0]["status"] == 200 and b"".join(frames[1:]).count(b"\n") == 3  # the held line too
+    assert frames[0]["status"] == 200 and b"".join(chunk for _, chunk in frames[1:]).count(b"\n") == 3  # the held line too
     await service.relay.aclose()
 
 

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 
 from backend.cancel import LocalStopSignals
-from backend.wire import head_frame
+from backend.wire import END, head_frame
 from proxy.transport import RemoteBackend, UnavailableBackend
 from tests.conftest import raw_exchange
 
@@ -57,9 +57,10 @@ async def test_remote_backend_passes_frames_and_a_request_id(start_gateway, http
         seen.append(request)
 
         async def frames():
-            yield head_frame(201, [("Content-Type", "application/json")])
-            yield b'{"ok":'
-            yield b"true}"
+            yield {**head_frame(201, [("Content-Type", "application/json")]), "run": 7}
+            yield (7, b'{"ok":')
+            yield (7, b"true}")
+            yield (7, END)
 
         return frames()
 
@@ -123,7 +124,7 @@ def frames_call(*frames):
 async def test_a_remote_body_shorter_than_its_content_length_is_cut_short(start_gateway, http):
     # The generator ends without an error but before the length its head declared (a
     # container stopped early): the client must not take five bytes for ten.
-    call = frames_call(head_frame(200, [("Content-Type", "application/json"), ("Content-Length", "10")]), b"hello")
+    call = frames_call({**head_frame(200, [("Content-Type", "application/json"), ("Content-Length", "10")]), "run": 1, "body": b"hello"}, (1, END))
     gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
     async with http.get(gateway + "/ollama/api/tags") as response:
         assert response.headers["Content-Length"] == "10"
@@ -135,7 +136,7 @@ async def test_a_remote_body_longer_than_its_content_length_stops_at_it_and_clos
     # Anything past the declared length would be read as the next response on the
     # client's keep-alive connection.
     extra = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil"
-    call = frames_call(head_frame(200, [("Content-Length", "5")]), b"hel", b"lo" + extra)
+    call = frames_call({**head_frame(200, [("Content-Length", "5")]), "run": 1, "body": b"hel"}, (1, b"lo" + extra), (1, END))
     gateway = await start_gateway(RemoteBackend(call, LocalStopSignals()))
     # A keep-alive request: the answer only ends if the gateway closes the connection.
     answer = await raw_exchange(gateway, b"GET /ollama/api/tags HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
