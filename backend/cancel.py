@@ -37,6 +37,7 @@ class LocalStopSignals:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._waiting: dict[str, int] = {}  # a preempted run's waiter may linger beside its re-run's
         self.sent: list[str] = []
 
     def _event(self, request_id: str) -> asyncio.Event:
@@ -47,10 +48,14 @@ class LocalStopSignals:
         self._event(request_id).set()
 
     async def wait(self, request_id: str) -> None:
+        self._waiting[request_id] = self._waiting.get(request_id, 0) + 1
         try:
             await self._event(request_id).wait()
         finally:
-            self._events.pop(request_id, None)
+            self._waiting[request_id] -= 1
+            if not self._waiting[request_id]:  # the last one forgets the request
+                del self._waiting[request_id]
+                self._events.pop(request_id, None)
 
 
 class QueueStopSignals:

@@ -41,7 +41,7 @@ def _cross(value: Any) -> Any:
 
 def detached_call(
     produce: Callable[[dict], AsyncIterator[Any]],
-    preemptions: list[int] | None = None,
+    preemptions: list[int | None] | None = None,
     new_container: Callable[[], Awaitable[None]] | None = None,
 ) -> Callable[[dict], AsyncIterator[Any]]:
     """Like Modal's `remote_gen.aio`: the producer runs on its own, and when the consumer
@@ -137,7 +137,7 @@ class FakeBackendMethod:
         self.start_delay = start_delay
         self._ready_at = 0.0
         self._produce = produce
-        self.preemptions: list[int] = []  # see preempt()
+        self.preemptions: list[int | None] = []  # see preempt()
         self._call = detached_call(self._after_start, self.preemptions, self._new_container)
         self.remote_gen = _Method(self._blocking, self._remote_gen)
         self.get_current_stats = _Method(self._blocking, self._stats)
@@ -151,9 +151,10 @@ class FakeBackendMethod:
         """The request of every run: one per call, and one per re-run after a preemption."""
         return self._call.runs  # type: ignore[attr-defined]
 
-    def preempt(self, *after_frames: int) -> None:
+    def preempt(self, *after_frames: int | None) -> None:
         """Preempt the next runs, in order, each after it has sent that many frames (the
-        head is the first); Modal re-runs each in a new container (see `detached_call`)."""
+        head is the first; None: that run is not preempted); Modal re-runs each in a new
+        container (see `detached_call`)."""
         self.preemptions.extend(after_frames)
 
     async def _new_container(self) -> None:

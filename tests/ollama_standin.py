@@ -33,6 +33,27 @@ def tokens(n: int) -> list[str]:
     return [(" " if i else "") + words[i % len(words)] for i in range(n)]
 
 
+def generation(state: StandinState, n: int) -> list[str]:
+    """One generation's `n` tokens: with `number_generations`, each says which one it is."""
+    state.generations += 1
+    return [f"{token}#{state.generations}" for token in tokens(n)] if state.number_generations else tokens(n)
+
+
+async def _in_pieces(request: web.Request, body: bytes, content_type: str) -> web.StreamResponse:
+    """A body of declared length written in `body_pieces` writes, as a slow writer would."""
+    state = request.app[STATE_KEY]
+    response = web.StreamResponse(headers={"Content-Type": content_type})
+    response.content_length = len(body)
+    await response.prepare(request)
+    size = -(-len(body) // state.body_pieces)
+    for start in range(0, len(body), size):
+        if start:
+            await asyncio.sleep(state.token_delay)
+        await response.write(body[start : start + size])
+    await response.write_eof()
+    return response
+
+
 @dataclass
 class Seen:
     method: str
@@ -51,6 +72,9 @@ class StandinState:
     gate: asyncio.Queue | None = None  # when set, each line after the first waits for a permit
     die_after: int | None = None  # drop the connection after this many streamed lines
     fail_pull: set[str] = field(default_factory=set)
+    number_generations: bool = False  # each token ends with "#n", n counting the generations
+    generations: int = 0
+    body_pieces: int = 1  # a non-streamed answer's body in this many writes (token_delay apart)
     seen: list[Seen] = field(default_factory=list)
     streams_started: int = 0
     streams_finished: int = 0
@@ -235,7 +259,7 @@ async def generate_or_chat(request: web.Request) -> web.StreamResponse:
             raise
     count = int(body.get("options", {}).get("num_predict", state.token_count))
     empty = not body.get("messages") if chat else not body.get("prompt")
-    parts = [] if empty else tokens(count)
+    parts = [] if empty else generation(state, count)
     created = "2026-11-27T10:00:00.000000000Z"
 
     def piece(text: str) -> dict:
@@ -249,6 +273,8 @@ async def generate_or_chat(request: web.Request) -> web.StreamResponse:
     if body.get("stream") is False:
         text = "".join(parts)
         single = {**final, **({"message": {"role": "assistant", "content": text}} if chat else {"response": text})}
+        if state.body_pieces > 1:
+            return await _in_pieces(request, json.dumps(single).encode(), "application/json; charset=utf-8")
         return web.Response(body=json.dumps(single).encode(), content_type="application/json", charset="utf-8")
     lines = [piece(p) for p in parts] + [final]
     return await _stream_lines(request, lines, "application/x-ndjson")
@@ -368,7 +394,7 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
     model = _model_of(body)
     if not _known(state, model):
         return _openai_error(404, f"model '{model}' not found", "not_found_error")
-    parts = tokens(int(body.get("max_tokens") or state.token_count))
+    parts = generation(state, int(body.get("max_tokens") or state.token_count))
     base = {"id": "chatcmpl-123", "created": 1764237600, "model": model, "system_fingerprint": "fp_ollama"}
     usage = {"prompt_tokens": 12, "completion_tokens": len(parts), "total_tokens": 12 + len(parts)}
     if not body.get("stream"):
