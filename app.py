@@ -131,7 +131,8 @@ def backend_class(pool: Pool) -> modal.Cls:
         timeout=settings.ollama_timeout,
         startup_timeout=settings.ollama_startup_timeout,  # the first start pulls the models
         max_containers=settings.ollama_max_containers,  # a ceiling on GPUs (and on concurrent pulls)
-        # No retries: a retried generator restarts and would splice two generations.
+        # No retries: a retried generator restarts and would splice two generations (Modal's
+        # own re-runs after a preemption cannot be turned off: the gateway catches those).
     )(cls)
 
 
@@ -176,6 +177,9 @@ else:
     secrets=gateway_secrets,
     min_containers=settings.gateway_min_containers,
     timeout=settings.gateway_timeout,  # at least the backend's, so long streams are not cut
+    # A preempted gateway cuts every open stream; not being preempted costs 3x its CPU and
+    # memory price (off by default: see the README's "When Modal preempts a container").
+    nonpreemptible=settings.gateway_nonpreemptible,
 )
 @modal.concurrent(max_inputs=settings.gateway_max_inputs)
 @modal.web_server(

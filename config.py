@@ -313,6 +313,7 @@ class Settings:
     gateway_cors_origins: tuple[str, ...] = ("*",)
     gateway_read_only: bool = False
     gateway_allow_open: bool = False  # the owner's explicit yes to a gateway without keys
+    gateway_nonpreemptible: bool = False  # Modal's nonpreemptible for the gateway: 3x its CPU and memory price
 
     @property
     def protected(self) -> bool:
@@ -374,6 +375,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gateway_cors_origins=_origins(env, "GATEWAY_CORS_ORIGINS"),
         gateway_read_only=_bool(env, "GATEWAY_READ_ONLY", defaults.gateway_read_only),
         gateway_allow_open=_bool(env, "GATEWAY_ALLOW_OPEN", defaults.gateway_allow_open),
+        gateway_nonpreemptible=_bool(env, "GATEWAY_NONPREEMPTIBLE", defaults.gateway_nonpreemptible),
     )
 
 
@@ -384,7 +386,7 @@ FORWARDED_ENV = (
     "OLLAMA_MAX_CONTAINERS", "OLLAMA_STARTUP_TIMEOUT", "OLLAMA_WARM_SCHEDULE",
     "OLLAMA_MODEL_LIST", "GATEWAY_PORT", "GATEWAY_MIN_CONTAINERS", "GATEWAY_MAX_INPUTS",
     "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_BODY_TIMEOUT_S", "GATEWAY_EARLY_HEAD_S", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
-    "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY",
+    "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY", "GATEWAY_NONPREEMPTIBLE",
 )  # fmt: skip
 
 

@@ -19,10 +19,12 @@ print(json.dumps({
     "app_name": app.app.name,
     "gateway": {"gpus": g.gpus, "timeout": g.timeout, "max_inputs": g.concurrency_info.max_inputs,
                 "web": g.web_info is not None, "unauthenticated": g.web_info.unauthenticated if g.web_info else None,
-                "volumes": sorted(g.volumes), "min_containers": config.settings.gateway_min_containers},
+                "volumes": sorted(g.volumes), "min_containers": config.settings.gateway_min_containers,
+                "nonpreemptible": g.nonpreemptible},
     "backend": {"gpus": b.gpus, "timeout": b.timeout, "max_inputs": b.concurrency_info.max_inputs,
                 "startup_timeout": b.startup_timeout, "max_containers": config.settings.ollama_max_containers,
                 "retries": b.max_retries, "methods": b.method_names, "web": b.web_info is not None,
+                "nonpreemptible": b.nonpreemptible,
                 "volumes": {path: m.name for path, m in b.volumes.items()},
                 "scaledown": config.settings.ollama_scaledown, "models": list(config.settings.ollama_model_list)},
     "image_env": app.settings_env,
@@ -55,6 +57,7 @@ def test_default_wiring():
     assert gateway["max_inputs"] == 1000
     assert gateway["web"] is True and gateway["unauthenticated"] is True
     assert gateway["timeout"] >= backend["timeout"]
+    assert gateway["nonpreemptible"] is False  # preemptible: a third of the price (README)
     # The backend: the GPU, the models volume, concurrent inputs, no retries, not on the web.
     assert backend["gpus"] == [["A100-40GB", 1]]
     assert backend["timeout"] == 1800
@@ -65,6 +68,7 @@ def test_default_wiring():
     assert backend["retries"] is None
     assert backend["methods"] == ["proxy"]
     assert backend["web"] is False
+    assert backend["nonpreemptible"] is False
     assert backend["scaledown"] == 300
     assert backend["models"] == ["glm-4.7-flash:q8_0", "glm-4.7-flash:q4_K_M"]
     assert wiring["image_env"] == {}
@@ -81,8 +85,10 @@ def test_overridden_wiring():
         OLLAMA_MODEL_LIST="qwen3:0.6b, llama3.2",
         GATEWAY_MIN_CONTAINERS="2",
         GATEWAY_MAX_INPUTS="250",
+        GATEWAY_NONPREEMPTIBLE="true",
     )
     gateway, backend = wiring["gateway"], wiring["backend"]
+    assert gateway["nonpreemptible"] is True and backend["nonpreemptible"] is False  # the gateway's only
     assert backend["gpus"] == [["H100", 2]]
     assert backend["timeout"] == 7200 and gateway["timeout"] >= 7200
     assert backend["max_inputs"] == 16
@@ -116,6 +122,7 @@ def test_keys_from_the_deploy_environment_become_a_secret_not_image_env():
         ("OLLAMA_SCALEDOWN", "1", "OLLAMA_SCALEDOWN='1': expected a whole number from 2 to 3600"),
         ("OLLAMA_TIMEOUT", "abc", "OLLAMA_TIMEOUT='abc'"),
         ("OLLAMA_MODEL_LIST", "qwen3:8b@L4,qwen3:8b@H100", "OLLAMA_MODEL_LIST: 'qwen3:8b' is in two pools"),
+        ("GATEWAY_NONPREEMPTIBLE", "always", "GATEWAY_NONPREEMPTIBLE='always': expected true or false"),
     ],
 )
 def test_a_bad_setting_fails_at_import_naming_the_variable(name, value, message):
