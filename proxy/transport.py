@@ -21,6 +21,7 @@ from backend.cancel import StopSignals
 from backend.http1 import BodySink
 from backend.relay import OllamaRelay
 from backend.wire import END, BackendPreempted, BackendUnavailable, Frame, Headers, HeadFrame, RequestFrame, UpstreamBroken
+from proxy.headers import body_length
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +219,11 @@ class _Collected:
     def __init__(self, limit: int) -> None:
         self.data = bytearray()
         self.limit = limit
+        self.size = 0
 
     def write(self, chunk: bytes) -> bool:
         self.data += chunk[: self.limit - len(self.data)]
+        self.size += len(chunk)
         return True
 
     async def drain(self) -> None:
@@ -231,7 +234,12 @@ async def read_body(response: BackendResponse, limit: int) -> bytes:
     """A small body whole (an error, a listing): its first `limit` bytes, the rest read and
     dropped. For the few answers the gateway must read rather than relay."""
     collected = _Collected(limit)
-    await response.send_body(collected)
+    try:
+        await response.send_body(collected)
+    except BackendPreempted:
+        if collected.size != body_length(response.headers):
+            raise
+        # All of its declared length came: the preemption came after the end.
     return bytes(collected.data)
 
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import re
+import uuid
 
 import aiohttp
 import httpx
@@ -218,7 +219,7 @@ async def test_a_shorter_rerun_ends_the_stream_and_is_told(start_gateway, http):
     count = iter([30, 2])
 
     async def produce(request):
-        run, lines = id(object()), next(count)
+        run, lines = uuid.uuid4().int, next(count)
         yield {**head_frame(200, [("Content-Type", "application/x-ndjson")]), "run": run}
         for i in range(lines):
             yield (run, b'{"n": %d}\n' % i)
@@ -237,3 +238,32 @@ def test_the_stand_in_numbers_its_generations():
 
     state = StandinState(number_generations=True)
     assert generations("".join(generation(state, 3))) == {"1"} and generations("".join(generation(state, 3))) == {"2"}
+
+
+async def test_a_body_read_whole_by_the_gateway_survives_a_preemption_after_its_end():
+    # A listing the gateway filters, an error it reads: all of a declared length came in the
+    # head's frame, and only the end frame was lost. A preemption before that is told.
+    from backend.cancel import LocalStopSignals
+    from proxy.transport import read_body
+
+    async def produce(request):
+        run = uuid.uuid4().int
+        yield {**head_frame(200, [("Content-Type", "application/json"), ("Content-Length", "11")]), "run": run, "body": b'{"models":['}
+        yield (run, END)
+
+    backend = RemoteBackend(detached_call(produce, preemptions=[1]), LocalStopSignals())
+    response = await backend.open({"method": "GET", "path": "/api/tags", "headers": [], "body": b""})
+    assert await read_body(response, 1024) == b'{"models":['
+    await response.aclose()
+
+    async def longer(request):
+        run = uuid.uuid4().int
+        yield {**head_frame(200, [("Content-Length", "4")]), "run": run, "body": b"ab"}
+        yield (run, b"cd")
+        yield (run, END)
+
+    backend = RemoteBackend(detached_call(longer, preemptions=[1]), LocalStopSignals())
+    response = await backend.open({"method": "GET", "path": "/api/tags", "headers": [], "body": b""})
+    with pytest.raises(Exception, match="preempted"):
+        await read_body(response, 1024)
+    await response.aclose()
