@@ -144,8 +144,9 @@ class OllamaRelay:
     async def stream(self, request: RequestFrame) -> AsyncIterator[HeadFrame | bytes]:
         """The response: the head frame, then body chunks as they arrive.
 
-        The Modal method yields these (marked with its run, backend.service). Closing the generator early closes
-        the upstream connection, which is how Ollama learns to stop generating.
+        The Modal method yields these, marked with its run (backend.service). Closing the
+        generator early closes the upstream connection, which is how Ollama learns to stop
+        generating.
         """
         response = await self.open(request)
         try:

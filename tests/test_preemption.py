@@ -267,3 +267,30 @@ async def test_a_body_read_whole_by_the_gateway_survives_a_preemption_after_its_
     with pytest.raises(Exception, match="preempted"):
         await read_body(response, 1024)
     await response.aclose()
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", CHAT),
+        ("/api/generate", {"model": "llama3.2", "prompt": "hi"}),
+        ("/api/chat", {**CHAT, "stream": False}),
+        ("/v1/chat/completions", {**CHAT, "stream": True}),
+        ("/v1/chat/completions", CHAT),
+    ],
+)
+@pytest.mark.parametrize("after", [0, 1, 2, 5])
+async def test_whenever_a_run_is_preempted_the_client_gets_one_generation_or_the_error(garden, http, path, body, after):
+    garden.method.preempt(after)
+    async with http.post(garden.url + "/ollama" + path, json=body) as response:
+        try:
+            data = (await response.read()).decode()
+        except aiohttp.ClientPayloadError:
+            data = None  # a declared length cut short
+    assert response.status == 200
+    if data is None:
+        assert "stream" in body and body["stream"] is False and after > 1
+    elif PREEMPTED in data:
+        assert after > 1 and len(generations(data)) <= 1 and "[DONE]" not in data and '"done": true' not in data
+    else:
+        assert len(generations(data)) == 1 and data.count("#") == TOKENS
