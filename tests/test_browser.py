@@ -338,6 +338,7 @@ class SplitResponse:
     served_by = "backend"
     cold_start = False
     pool = ""
+    reruns = 0
 
     def __init__(self, inner) -> None:
         self.inner = inner
