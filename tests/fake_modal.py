@@ -55,7 +55,9 @@ def detached_call(
     473-474, 481) starts at `last_index = 0`, skips `if chunk.index <= last_index`, and
     keeps `last_index = chunk.index`, and the new run numbers its outputs from 1 again;
     `run_generator` (modal/_functions.py:364-383) counts items across runs and stops once
-    `items_received >= items_total` of the run that finished. The caller sees no error.
+    `items_received >= items_total` of the run that finished. The caller sees no error:
+    internal failures (lost inputs, preemption) are re-run at once, up to
+    `MAX_INTERNAL_FAILURE_COUNT` = 8 times, outside any `retries` (modal/_functions.py:121, 513-518).
     """
     producers: list[asyncio.Task] = []
     runs: list[dict] = []  # the request of every run, re-runs included
