@@ -225,6 +225,7 @@ class Forwarder:
             listing = await read_body(upstream, LISTING_LIMIT)
         finally:
             await upstream.aclose()
+        exchange.reruns = upstream.reruns
         filtered = filter_listing(route, listing, rules)
         if filtered is None or len(listing) >= LISTING_LIMIT:
             exchange.error = "listing_unreadable"
@@ -319,6 +320,7 @@ class Forwarder:
                 # A HEAD answer has no body, whatever the backend sends. Reading it to its
                 # end (it is empty) lets a remote backend finish without a stop.
                 await upstream.send_body(_Discard())
+                exchange.reruns = upstream.reruns
                 await response.write_eof()
                 return response
             return await self._send_body(response, ClientBody(request, response), upstream, exchange)

@@ -71,6 +71,7 @@ async def test_ndjson_preempted_mid_stream_ends_with_an_error_line_never_a_splic
     assert garden.stops.sent == [garden.method.calls[0]["request_id"]]
     assert await wait_for(lambda: garden.state.streams_cancelled == 2)  # the preempted run, then the re-run
     assert garden.state.streams_finished == 0
+    assert await wait_for(lambda: len(access_lines(caplog)) == 1)
     (line,) = access_lines(caplog)
     assert line["status"] == 200 and line["error"] == "backend_preempted" and "reruns" not in line
     assert 'garden_backend_reruns_total{outcome="told",pool="default"} 1.0' in await metrics(garden.url)
@@ -152,6 +153,7 @@ async def test_preempted_after_the_head_only_gives_one_whole_answer(garden, olla
     first, fresh = garden.method.calls
     assert garden.stops.sent == [first["request_id"]] and fresh["request_id"] != first["request_id"]
     assert await wait_for(lambda: garden.state.streams_cancelled == 2 and garden.state.streams_finished == 1)
+    assert await wait_for(lambda: len(access_lines(caplog)) == 1)
     (line,) = access_lines(caplog)
     assert line["reruns"] == 1 and "error" not in line and line["status"] == 200
     assert 'garden_backend_reruns_total{outcome="invisible",pool="default"} 1.0' in await metrics(garden.url)
@@ -191,7 +193,7 @@ async def test_preempted_twice_in_a_row_still_gives_one_whole_answer(garden, oll
     parts = [part async for part in await ollama_clients(garden.url + "/ollama").chat(**CHAT, stream=True)]
     assert parts[-1].done is True and len(generations("".join(part.message.content for part in parts))) == 1
     assert garden.stops.sent == [call["request_id"] for call in garden.method.calls[:2]]
-    assert access_lines(caplog)[0]["reruns"] == 2
+    assert await wait_for(lambda: len(access_lines(caplog)) == 1) and access_lines(caplog)[0]["reruns"] == 2
 
 
 # -- the seam ---------------------------------------------------------------------------------
@@ -294,3 +296,12 @@ async def test_whenever_a_run_is_preempted_the_client_gets_one_generation_or_the
         assert after > 1 and len(generations(data)) <= 1 and "[DONE]" not in data and '"done": true' not in data
     else:
         assert len(generations(data)) == 1 and data.count("#") == TOKENS
+
+
+async def test_a_head_request_preempted_before_its_end_frame_is_answered_and_counted(garden, http, caplog):
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    garden.method.preempt(1)  # the re-run's end frame comes instead of the first run's
+    async with http.head(garden.url + "/ollama/api/tags") as response:
+        assert response.status == 200 and await response.read() == b""
+    assert await wait_for(lambda: len(access_lines(caplog)) == 1)  # written once the handler returns
+    assert access_lines(caplog)[0]["reruns"] == 1 and len(garden.method.calls) == 2
