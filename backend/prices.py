@@ -35,6 +35,9 @@ MEMORY_GIB_PER_HOUR = 0.008
 # default reservation of 0.125 cores and 128 MiB while a container is up.
 GATEWAY_CORES = 0.125
 GATEWAY_MEMORY_GIB = 0.125
+# Modal's price for CPU and memory on capacity it never preempts (GATEWAY_NONPREEMPTIBLE):
+# https://modal.com/docs/guide/preemption.
+NONPREEMPTIBLE_MULTIPLIER = 3
 
 
 def gpu_per_hour(gpu: str) -> float | None:
@@ -45,10 +48,10 @@ def gpu_per_hour(gpu: str) -> float | None:
     return None if price is None else round(price * (int(count) if count else 1), 2)
 
 
-def gateway_per_day(containers: int) -> float:
+def gateway_per_day(containers: int, nonpreemptible: bool = False) -> float:
     """What `containers` always-warm, idle gateway containers cost a day."""
     hourly = GATEWAY_CORES * CPU_CORE_PER_HOUR + GATEWAY_MEMORY_GIB * MEMORY_GIB_PER_HOUR
-    return containers * hourly * 24
+    return containers * hourly * 24 * (NONPREEMPTIBLE_MULTIPLIER if nonpreemptible else 1)
 
 
 def warm_hours_per_week(schedule: str) -> float:

@@ -38,8 +38,9 @@ def deploy_summary(settings: Settings) -> str:
         lines.append("  warm: never (no OLLAMA_WARM_SCHEDULE): GPUs start on the first request")
     scaledown, most = settings.ollama_scaledown, settings.ollama_max_containers
     lines.append(f"  GPUs scale to zero after {scaledown} s idle (OLLAMA_SCALEDOWN), at most {most} container(s) per pool")
-    gateway, warm_gateways = gateway_per_day(settings.gateway_min_containers), settings.gateway_min_containers
-    idle = f"  idle cost: {_money(gateway + warm_per_day)} a day ({warm_gateways} always-warm gateway container(s): {_money(gateway)}"
+    gateway, warm_gateways = gateway_per_day(settings.gateway_min_containers, settings.gateway_nonpreemptible), settings.gateway_min_containers
+    kind = " non-preemptible" if settings.gateway_nonpreemptible else ""
+    idle = f"  idle cost: {_money(gateway + warm_per_day)} a day ({warm_gateways} always-warm{kind} gateway container(s): {_money(gateway)}"
     idle += f"; warm windows: {_money(warm_per_day)} a day on average)" if warm_per_day else ")"
     lines.append(idle)
     lines.append(f"  (Modal list prices of {PRICES_DATE}, {PRICES_SOURCE}; GPU time while a model works comes on top)")

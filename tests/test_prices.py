@@ -22,6 +22,7 @@ def test_the_always_warm_gateway_costs_cents_a_day():
     # 0.125 core at $0.047/h and 0.125 GiB at $0.008/h, 24 h: about 17 cents.
     assert gateway_per_day(1) == pytest.approx(0.165, abs=0.001)
     assert gateway_per_day(0) == 0 and gateway_per_day(2) == pytest.approx(2 * gateway_per_day(1))
+    assert gateway_per_day(1, nonpreemptible=True) == pytest.approx(3 * gateway_per_day(1))  # Modal's 3x
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,11 @@ def test_keys_from_a_secret_proxy_auth_and_an_open_garden_are_said_so():
     assert "  idle cost: $0.17 a day (1 always-warm gateway container(s): $0.17)" in opened
 
 
+def test_a_nonpreemptible_gateway_costs_three_times_as_much_idle():
+    summary = deploy_summary(load_settings({"GATEWAY_ALLOW_OPEN": "1", "GATEWAY_NONPREEMPTIBLE": "true"}))
+    assert "  idle cost: $0.49 a day (1 always-warm non-preemptible gateway container(s): $0.49)" in summary.splitlines()
+
+
 def test_a_gpu_without_a_price_says_so():
     summary = deploy_summary(load_settings({"OLLAMA_GPU": "ANY", "GATEWAY_ALLOW_OPEN": "1"}))
     assert "  pool default: ANY (price not in the table): glm-4.7-flash:q8_0, glm-4.7-flash:q4_K_M" in summary.splitlines()
