@@ -15,6 +15,7 @@ from backend.routes import allowed_when_read_only, route_of
 from config import APP_NAME, Settings, api_keys
 from proxy.auth import is_loopback_host, key_name, origin_may_call, presented_key
 from proxy.catalog import CatalogBackend, CatalogSource
+from proxy.encodings import decodable
 from proxy.errors import error_response
 from proxy.forward import EXCHANGE, MODEL_RULES, Forwarder, forwarded_path, forwarded_route
 from proxy.observe import Exchange, Metrics, route_family
@@ -135,9 +136,10 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
         if EXCHANGE in request:
             request[EXCHANGE].key = name
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
-        if encoding != "identity":
-            # Ollama takes no compressed bodies, and inflating one would cost the event loop.
-            return error_response(415, f"compressed request bodies are not accepted (Content-Encoding: {encoding[:40]})", family)
+        if encoding != "identity" and not decodable(request.method, forwarded_route(request), encoding):
+            # Ollama takes a compressed body on /v1/responses only; the forwarder inflates
+            # that one as it arrives, within GATEWAY_MAX_BODY_MB (proxy.encodings).
+            return error_response(415, f"compressed request bodies are not accepted here (Content-Encoding: {encoding[:40]})", family)
         if (request.content_length or 0) > max_body:
             return error_response(413, f"request body over {settings.gateway_max_body_mb} MB (GATEWAY_MAX_BODY_MB)", family)
         path = forwarded_path(request)
@@ -271,6 +273,7 @@ def create_app(
         settings.gateway_body_timeout_s,
         early_head_s=settings.gateway_early_head_s,
         stream_timeout=settings.ollama_timeout,  # a started stream is past Modal's 150 s limit
+        max_body=settings.gateway_max_body_mb * 1024 * 1024,
     ).handle
     health_body = health_report(settings, backend_kind, local, backend.answered_here)
 

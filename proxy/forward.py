@@ -7,12 +7,13 @@ import json
 import logging
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web import RequestPayloadError
 
 from backend.routes import route_of
 from backend.wire import BackendPreempted, BackendUnavailable, RequestFrame, UpstreamBroken, request_frame
 from proxy.bodies import stream_content_type
+from proxy.encodings import BadEncoding, BodyTooLarge, inflate
 from proxy.errors import error_response, keepalive_bytes, stream_error_tail
 from proxy.headers import body_length, client_response_headers, upstream_request_headers
 from proxy.observe import Exchange
@@ -70,6 +71,7 @@ class ClientBody:
         self.sent = 0  # a plain int per chunk; metrics are recorded once, at the end
         self.last = b""  # the last chunk sent: where a broken stream's error tail must start
         self.before_last = b""  # with `last`, where Ollama's final token counts are
+        self.route = forwarded_route(request) or ""  # whose API's form an in-band error takes
         # StreamResponse.prepare() has sent the head already (only web.Response holds it
         # back); make sure of it, since the body below goes past aiohttp's writer.
         request.writer.send_headers()
@@ -158,10 +160,12 @@ class Forwarder:
         body_timeout: float = 60.0,
         early_head_s: float | None = None,
         stream_timeout: float | None = None,
+        max_body: int = 100 * 1024 * 1024,
     ) -> None:
         self.backend = backend
         self.first_byte_timeout = first_byte_timeout
         self.body_timeout = body_timeout
+        self.max_body = max_body  # GATEWAY_MAX_BODY_MB: also the bound of a decompressed body
         self.early_head_s = early_head_s  # None: streams wait like any request
         self.stream_timeout = stream_timeout or first_byte_timeout
 
@@ -175,12 +179,25 @@ class Forwarder:
         # Request bodies are bounded by the app's client_max_size and in time (a slow
         # drip never trips an idle timeout); Modal needs the whole body as a call
         # argument anyway. Response bodies are never buffered.
+        # The guard let a Content-Encoding through only where Ollama takes one (proxy.encodings):
+        # the body is inflated as it arrives, and Ollama gets (and every rule reads) the decoded body.
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
         try:
-            if request.content.is_eof():  # the whole body came with the head: nothing to wait for
+            if encoding != "identity":
+                async with asyncio.timeout(self.body_timeout):
+                    body = await inflate(request.content.iter_any(), encoding, self.max_body)
+            elif request.content.is_eof():  # the whole body came with the head: nothing to wait for
                 body = await request.read()
             else:
                 async with asyncio.timeout(self.body_timeout):
                     body = await request.read()
+        except BodyTooLarge as exc:
+            exchange.error = "body_too_large"
+            message = f"request body over {self.max_body // (1024 * 1024)} MB (GATEWAY_MAX_BODY_MB): {exc}"
+            return await answer_and_close(request, error_response(413, message, family))
+        except BadEncoding as exc:
+            exchange.error = "bad_request"
+            return await answer_and_close(request, error_response(400, str(exc), family))
         except TimeoutError:
             exchange.error = "body_timeout"
             return await answer_and_close(request, error_response(408, f"the request body did not arrive within {self.body_timeout:.0f}s", family))
@@ -189,7 +206,10 @@ class Forwarder:
             return await answer_and_close(request, error_response(400, str(exc), family))
         reading = read_request(request.method, route, body)  # the one reading every rule below uses
         exchange.model = reading.model
-        frame = request_frame(request.method, path, upstream_request_headers(request.headers.items()), body)
+        headers = upstream_request_headers(request.headers.items())
+        if encoding != "identity":
+            headers = [(name, value) for name, value in headers if name.lower() != "content-encoding"]
+        frame = request_frame(request.method, path, headers, body)
         frame["model"] = reading.model  # the pool router routes on it
         rules = request.get(MODEL_RULES)
         listing_rules = None  # set for a model listing that must show only the key's models
@@ -297,7 +317,7 @@ class Forwarder:
             await upstream.aclose()
 
     async def _end_in_band(self, response: web.StreamResponse, body: ClientBody, message: str, status: int, exchange: Exchange) -> web.StreamResponse:
-        body.write(stream_error_tail(response.content_type, message, body.last, status))
+        body.write(stream_error_tail(response.content_type, message, body.last, status, route=body.route))
         exchange.bytes_out = body.sent
         await response.write_eof()
         return response
@@ -358,7 +378,7 @@ class Forwarder:
             log.warning("stream from the backend broke: %s", broken)
             exchange.error = kind
             # NDJSON and SSE can say so in band (as Ollama does), unless the length is fixed.
-            tail = stream_error_tail(response.content_type, broken, body.last) if response.content_length is None else b""
+            tail = stream_error_tail(response.content_type, broken, body.last, route=body.route) if response.content_length is None else b""
             if not tail:
                 body.cut_short()
                 return response  # aiohttp's own write_eof then finds the connection closed
@@ -416,7 +436,7 @@ class _EarlyHead:
         self.exchange.status = 200
         await self.response.prepare(self.request)
         self.body = ClientBody(self.request, self.response)
-        filler = keepalive_bytes(self.content_type)
+        filler = keepalive_bytes(self.content_type, self.body.route)
         while True:
             try:
                 async with asyncio.timeout(KEEPALIVE_INTERVAL):

@@ -27,8 +27,11 @@ def upstream_path(raw_path: str, raw_query: str = "") -> str | None:
 
 
 def route_api_family(route: str) -> str:
-    """`openai` for Ollama's OpenAI-compatible routes, `ollama` for the rest, from a route
-    decoded by `route_of`. Decides the shape of errors the gateway writes itself."""
+    """`anthropic` for Ollama's Anthropic-compatible `/v1/messages` (and below it),
+    `openai` for its other `/v1` routes, `ollama` for the rest, from a route decoded by
+    `route_of`. Decides the shape of errors the gateway writes itself."""
+    if route == "/v1/messages" or route.startswith("/v1/messages/"):
+        return "anthropic"
     return "openai" if route == "/v1" or route.startswith("/v1/") else "ollama"
 
 

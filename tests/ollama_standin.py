@@ -18,6 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import zstandard
 from aiohttp import web
 
 from tests import go_json
@@ -250,13 +251,7 @@ async def generate_or_chat(request: web.Request) -> web.StreamResponse:
         return _error(400, "model is required")
     if not _known(state, model):
         return _error(404, f"model '{model}' not found")
-    if state.first_token_delay:
-        try:
-            await asyncio.sleep(state.first_token_delay)  # "loading the model"
-        except asyncio.CancelledError:
-            state.streams_cancelled += 1
-            state.cancel_times.append(time.monotonic())
-            raise
+    await _loading(state)
     count = int(body.get("options", {}).get("num_predict", state.token_count))
     empty = not body.get("messages") if chat else not body.get("prompt")
     parts = [] if empty else generation(state, count)
@@ -426,6 +421,137 @@ async def openai_embeddings(request: web.Request) -> web.Response:
     return _openai_json({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 3, "total_tokens": 3}})
 
 
+def _sse_event(name: str, data: dict) -> str:
+    """Ollama's writeSSE / ResponsesWriter.writeEvent: an event line, then compact JSON."""
+    return f"event: {name}\ndata: {_go_json(data).decode()}\n\n"
+
+
+async def _loading(state: StandinState) -> None:
+    """The model loading, before any header is sent (StandinState.first_token_delay)."""
+    if state.first_token_delay:
+        try:
+            await asyncio.sleep(state.first_token_delay)
+        except asyncio.CancelledError:
+            state.streams_cancelled += 1
+            state.cancel_times.append(time.monotonic())
+            raise
+
+
+def _anthropic_error(status: int, message: str) -> web.Response:
+    """anthropic.NewError, written by AnthropicWriter.writeError (json.NewEncoder)."""
+    kinds = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error"}
+    body = {"type": "error", "error": {"type": kinds.get(status, "api_error"), "message": message}, "request_id": "req_standin"}
+    return _openai_json(body, status=status)
+
+
+async def anthropic_messages(request: web.Request) -> web.StreamResponse:
+    """Ollama's /v1/messages (middleware/anthropic.go): an Anthropic request turned into
+    a chat, its answer written back in Anthropic's shapes, SSE events if "stream": true."""
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return _anthropic_error(400, json.loads(body.body)["error"])
+    model = body.get("model") or ""
+    if not model:
+        return _anthropic_error(400, "model is required")
+    if not _known(state, model):
+        return _anthropic_error(404, f"model '{model}' not found")
+    await _loading(state)
+    parts = tokens(int(body.get("max_tokens") or state.token_count))
+    message = {"id": "msg_0123456789abcdef01234567", "type": "message", "role": "assistant", "model": model}
+    usage = {"input_tokens": 12, "output_tokens": len(parts)}
+    if not body.get("stream"):
+        text = "".join(parts)
+        return _openai_json({**message, "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "usage": usage})
+    events = [
+        _sse_event("message_start", {"type": "message_start", "message": {**message, "content": [], "usage": {"input_tokens": 12, "output_tokens": 0}}}),
+        _sse_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ]
+    events += [_sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}) for p in parts]
+    events += [
+        _sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        _sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": usage}),
+        _sse_event("message_stop", {"type": "message_stop"}),
+    ]
+    return await _stream_lines(request, events, "text/event-stream")
+
+
+async def openai_responses(request: web.Request) -> web.StreamResponse:
+    """Ollama's /v1/responses (middleware/openai.go, openai/responses.go): takes a zstd
+    body (Codex compresses), answers a response object or, if "stream": true, its events."""
+    state = request.app[STATE_KEY]
+    raw = await request.read()
+    if request.headers.get("Content-Encoding") == "zstd":
+        try:  # only this route inflates, as in Ollama
+            raw = zstandard.ZstdDecompressor(max_window_size=8 << 20).decompressobj().decompress(raw)
+        except zstandard.ZstdError:
+            return _openai_error(400, "failed to decompress zstd body", "invalid_request_error")
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        return _openai_error(400, f"invalid character in request body: {exc}", "invalid_request_error")
+    if not isinstance(body, dict):
+        return _openai_error(400, "invalid request body", "invalid_request_error")
+    model = body.get("model") or ""
+    if not model:
+        return _openai_error(400, "model is required", "invalid_request_error")
+    if not _known(state, model):
+        return _openai_error(404, f"model '{model}' not found", "not_found_error")
+    await _loading(state)
+    parts = tokens(int(body.get("max_output_tokens") or state.token_count))
+    text = "".join(parts)
+    response_id, item_id = "resp_123456", "msg_654321"
+    usage = {"input_tokens": 12, "output_tokens": len(parts), "total_tokens": 12 + len(parts)}
+    done_item = {"id": item_id, "type": "message", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+    base = {"id": response_id, "object": "response", "created_at": 1764237600, "model": model}
+    if not body.get("stream"):
+        return _openai_json({**base, "status": "completed", "output": [done_item], "usage": usage, "completed_at": 1764237601})
+    sequence = iter(range(10_000))
+
+    def event(name: str, data: dict) -> str:
+        return _sse_event(name, dict(sorted({**data, "type": name, "sequence_number": next(sequence)}.items())))  # a Go map: sorted keys
+
+    events = [
+        event("response.created", {"response": {**base, "status": "in_progress", "output": []}}),
+        event("response.in_progress", {"response": {**base, "status": "in_progress", "output": []}}),
+        event("response.output_item.added", {"output_index": 0, "item": {**done_item, "status": "in_progress", "content": []}}),
+        event("response.content_part.added", {"item_id": item_id, "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": ""}}),
+    ]
+    events += [event("response.output_text.delta", {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": p}) for p in parts]
+    events += [
+        event("response.output_text.done", {"item_id": item_id, "output_index": 0, "content_index": 0, "text": text}),
+        event("response.content_part.done", {"item_id": item_id, "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": text}}),
+        event("response.output_item.done", {"output_index": 0, "item": done_item}),
+        event("response.completed", {"response": {**base, "status": "completed", "output": [done_item], "usage": usage}}),
+    ]
+    return await _stream_lines(request, events, "text/event-stream")
+
+
+async def create_or_push(request: web.Request) -> web.StreamResponse:
+    """/api/create and /api/push: progress lines, NDJSON unless "stream": false."""
+    state = request.app[STATE_KEY]
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    model = _model_of(body)
+    if not model:
+        return _error(400, "model is required")
+    if request.path == "/api/push":
+        if not _known(state, model):
+            return _error(404, f"model '{model}' not found")
+        lines = [{"status": "retrieving manifest"}, {"status": "pushing manifest"}, {"status": "success"}]
+    else:
+        base = body.get("from", "")
+        if base and not _known(state, base):
+            return _error(404, f"model '{base}' not found")
+        lines = [{"status": "gathering model components"}, {"status": "writing manifest"}, {"status": "success"}]
+        if not _known(state, model):
+            state.models.append(_canonical(model))
+    if body.get("stream") is False:
+        return _gin_json(lines[-1])
+    return await _stream_lines(request, lines, "application/x-ndjson")
+
+
 def _openai_model(name: str) -> dict:
     # Ollama: created is the manifest's mtime, owned_by the namespace of the name as asked.
     return {"id": name, "object": "model", "created": 1761991200, "owned_by": _namespace(name)}
@@ -458,9 +584,13 @@ def create_standin(state: StandinState | None = None) -> web.Application:
     r.add_post("/api/embeddings", embed)
     r.add_post("/api/pull", pull)
     r.add_post("/api/copy", copy)
+    r.add_post("/api/create", create_or_push)
+    r.add_post("/api/push", create_or_push)
     r.add_delete("/api/delete", delete)
     r.add_post("/v1/chat/completions", openai_chat)
     r.add_post("/v1/embeddings", openai_embeddings)
+    r.add_post("/v1/responses", openai_responses)
+    r.add_post("/v1/messages", anthropic_messages)
     r.add_get("/v1/models", openai_models, allow_head=False)
     r.add_get("/v1/models/{model}", openai_model, allow_head=False)  # gin's :model is one segment
     return app
