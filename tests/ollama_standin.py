@@ -142,11 +142,12 @@ _NATIVE_FIELDS = {"model": go_json.STRING, "name": go_json.STRING, "source": go_
 _OPENAI_FIELDS = {"model": go_json.STRING, "stream": go_json.BOOL}
 
 
-async def _json_body(request: web.Request) -> dict | web.Response:
-    raw = await request.read()
+async def _json_body(request: web.Request, raw: bytes | None = None, fields: dict[str, str] | None = None) -> dict | web.Response:
+    """The body as Ollama's handler reads it (`raw`: already read and inflated)."""
+    raw = await request.read() if raw is None else raw
     if not raw:
         return _error(400, "missing request body")
-    fields = _OPENAI_FIELDS if request.path.startswith("/v1/") else _NATIVE_FIELDS
+    fields = fields or (_OPENAI_FIELDS if request.path.startswith("/v1/") else _NATIVE_FIELDS)
     try:
         read = go_json.decode(raw, fields)
         body = json.loads(raw)  # the other fields, simply
@@ -486,12 +487,9 @@ async def openai_responses(request: web.Request) -> web.StreamResponse:
             raw = zstandard.ZstdDecompressor(max_window_size=8 << 20).decompressobj().decompress(raw)
         except zstandard.ZstdError:
             return _openai_error(400, "failed to decompress zstd body", "invalid_request_error")
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        return _openai_error(400, f"invalid character in request body: {exc}", "invalid_request_error")
-    if not isinstance(body, dict):
-        return _openai_error(400, "invalid request body", "invalid_request_error")
+    body = await _json_body(request, raw, {"model": go_json.STRING, "stream": go_json.BOOL_POINTER})  # ResponsesRequest.Stream is a *bool
+    if isinstance(body, web.Response):
+        return _openai_error(400, json.loads(body.body)["error"], "invalid_request_error")
     model = body.get("model") or ""
     if not model:
         return _openai_error(400, "model is required", "invalid_request_error")

@@ -40,7 +40,8 @@ def fast_keepalive(monkeypatch):
 async def shared(standin, start_gateway):
     """A local gateway with named keys, bob's limited to llama3.2; (url, stand-in state)."""
     url, state = standin
-    return await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS, gateway_key_policy=POLICY), state
+    backend = InProcessBackend(OllamaRelay(url))
+    return await start_gateway(backend, gateway_api_keys=KEYS, gateway_key_policy=POLICY, ollama_model_list=("llama3.2",)), state
 
 
 @pytest.fixture

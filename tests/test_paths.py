@@ -37,7 +37,14 @@ def test_upstream_path_is_always_origin_form(raw):
     assert path.startswith("/") and not path.startswith("//")
 
 
-@pytest.mark.parametrize(("path", "family"), [("/v1/chat/completions", "openai"), ("/v1", "openai"), ("/api/chat", "ollama"), ("/v1x", "ollama"), ("/", "ollama")])
+@pytest.mark.parametrize(
+    ("path", "family"),
+    [
+        ("/v1/chat/completions", "openai"), ("/v1", "openai"), ("/v1/responses", "openai"), ("/v1/messages", "anthropic"),
+        ("/v1/messages/count_tokens", "anthropic"), ("/v1/messagesx", "openai"), ("/v1/%6Dessages", "anthropic"),
+        ("/api/chat", "ollama"), ("/v1x", "ollama"), ("/", "ollama"),
+    ],
+)  # fmt: skip
 def test_api_family(path, family):
     assert route_api_family(route_of(path)) == family
 
