@@ -131,7 +131,7 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
         name = key_name(presented_key(request.headers), keys) if keys else ""
         if name is None:
             return error_response(
-                401, "missing or invalid API key: send Authorization: Bearer <key>", family, {"WWW-Authenticate": "Bearer"}
+                401, "missing or invalid API key: send Authorization: Bearer <key> or X-API-Key: <key>", family, {"WWW-Authenticate": "Bearer"}
             )
         if EXCHANGE in request:
             request[EXCHANGE].key = name

@@ -176,6 +176,23 @@ async def test_the_responses_error_event_is_also_the_one_codex_reads(cold):
     assert data["type"] == "response.failed" and data["response"]["error"]["message"] == "model 'ghost' not found"
 
 
+async def test_a_stream_that_breaks_midway_raises_in_both_sdks(shared):
+    gateway, state = shared
+    state.die_after = 4  # Ollama (or its container) dies after a few events
+    async with claude(gateway) as client:
+        with pytest.raises(anthropic.APIStatusError) as raised:
+            async with client.messages.stream(model="llama3.2", max_tokens=8, messages=MESSAGES) as stream:
+                async for _ in stream:
+                    pass
+    assert raised.value.body["error"]["type"] == "api_error"
+    assert raised.value.body["error"]["message"].startswith("upstream stream ended early")
+    async with codex(gateway) as client:
+        with pytest.raises(openai.APIError) as info:
+            async for _ in await client.responses.create(model="llama3.2", input="hi", stream=True):
+                pass
+    assert info.value.message.startswith("upstream stream ended early")
+
+
 async def test_a_limited_key_gets_anthropics_403_and_a_wrong_key_its_401(shared):
     gateway, state = shared
     async with claude(gateway, "sk-bob-secret") as bob:
@@ -187,6 +204,7 @@ async def test_a_limited_key_gets_anthropics_403_and_a_wrong_key_its_401(shared)
         with pytest.raises(anthropic.AuthenticationError) as unknown:
             await stranger.messages.create(model="llama3.2", max_tokens=8, messages=MESSAGES)
     assert unknown.value.body["type"] == "error" and unknown.value.body["error"]["type"] == "authentication_error"
+    assert "X-API-Key" in unknown.value.body["error"]["message"]  # how Claude Code sends ANTHROPIC_API_KEY
     async with codex(gateway, "sk-bob-secret") as bob:
         with pytest.raises(openai.PermissionDeniedError) as refused:
             await bob.responses.create(model="glm-4.7-flash:q8_0", input="hi")

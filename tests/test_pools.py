@@ -70,6 +70,8 @@ def calls(pools: dict[str, PoolUnderTest]) -> dict[str, list[str]]:
         ("POST", "/api/embed", {"model": "GLM-4.7-Flash:Q8_0", "input": "x"}, "a100-80gb"),  # Ollama ignores case
         ("POST", "/api/show", {"model": "glm-4.7-flash:q8_0", "verbose": True}, "a100-80gb"),
         ("POST", "/v1/chat/completions", {"model": "library/glm-4.7-flash:q8_0", "messages": [{"role": "user", "content": "hi"}]}, "a100-80gb"),
+        ("POST", "/v1/messages", {"model": "glm-4.7-flash:q8_0", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}], "stream": True}, "a100-80gb"),
+        ("POST", "/v1/responses", {"model": "glm-4.7-flash:q8_0", "input": "hi", "stream": True}, "a100-80gb"),
         ("POST", "/api/pull", {"model": "glm-4.7-flash:q8_0"}, "a100-80gb"),
         ("POST", "/api/pull", {"name": "glm-4.7-flash:q8_0"}, "a100-80gb"),  # Ollama's older field
         ("DELETE", "/api/delete", {"model": "glm-4.7-flash:q8_0"}, "a100-80gb"),
