@@ -458,7 +458,7 @@ async def anthropic_messages(request: web.Request) -> web.StreamResponse:
     if not _known(state, model):
         return _anthropic_error(404, f"model '{model}' not found")
     await _loading(state)
-    parts = tokens(int(body.get("max_tokens") or state.token_count))
+    parts = tokens(min(int(body.get("max_tokens") or state.token_count), state.token_count))  # Claude Code asks for 32000
     message = {"id": "msg_0123456789abcdef01234567", "type": "message", "role": "assistant", "model": model}
     usage = {"input_tokens": 12, "output_tokens": len(parts)}
     if not body.get("stream"):
@@ -496,7 +496,7 @@ async def openai_responses(request: web.Request) -> web.StreamResponse:
     if not _known(state, model):
         return _openai_error(404, f"model '{model}' not found", "not_found_error")
     await _loading(state)
-    parts = tokens(int(body.get("max_output_tokens") or state.token_count))
+    parts = tokens(min(int(body.get("max_output_tokens") or state.token_count), state.token_count))
     text = "".join(parts)
     response_id, item_id = "resp_123456", "msg_654321"
     usage = {"input_tokens": 12, "output_tokens": len(parts), "total_tokens": 12 + len(parts)}

@@ -153,13 +153,15 @@ async def test_an_unknown_model_during_a_slow_start_raises_with_ollamas_message_
             async with client.messages.stream(model="ghost", max_tokens=8, messages=MESSAGES) as stream:
                 async for _ in stream:
                     pass
-    assert raised.value.body["error"] == {"type": "not_found_error", "message": "model 'ghost' not found"}
+    assert raised.value.status_code == 200  # told in band, after the gateway's early head
+    assert raised.value.body == {"type": "error", "error": {"type": "not_found_error", "message": "model 'ghost' not found"}}
     assert "model 'ghost' not found" in str(raised.value)
     cold.method.scale_to_zero()
     async with codex(cold.url) as client:
         with pytest.raises(openai.APIError) as info:
             async for _ in await client.responses.create(model="ghost", input="hi", stream=True):
                 pass
+    assert not isinstance(info.value, openai.APIStatusError)  # raised from the stream, not from a status
     assert info.value.message == "model 'ghost' not found" and info.value.body["type"] == "not_found_error"
 
 
