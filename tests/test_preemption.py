@@ -15,6 +15,7 @@ import re
 import uuid
 
 import aiohttp
+import anthropic
 import httpx
 import ollama
 import openai
@@ -305,3 +306,22 @@ async def test_a_head_request_preempted_before_its_end_frame_is_answered_and_cou
         assert response.status == 200 and await response.read() == b""
     assert await wait_for(lambda: len(access_lines(caplog)) == 1)  # written once the handler returns
     assert access_lines(caplog)[0]["reruns"] == 1 and len(garden.method.calls) == 2
+
+
+async def test_the_coding_agents_apis_preempted_mid_stream_raise_with_the_preemption_message(garden):
+    # Claude Code's /v1/messages and Codex's /v1/responses: told in their own event forms.
+    garden.method.preempt(5)
+    claude = anthropic.AsyncAnthropic(base_url=garden.url + "/ollama", api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        async with claude.messages.stream(model="llama3.2", max_tokens=TOKENS, messages=CHAT["messages"]) as stream:
+            async for _ in stream:
+                pass
+    await claude.close()
+    assert raised.value.body["error"]["message"] == PREEMPTED
+    garden.method.preempt(5)
+    codex = openai.AsyncOpenAI(base_url=garden.url + "/ollama/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.APIError) as info:
+        async for _ in await codex.responses.create(model="llama3.2", input="hi", stream=True):
+            pass
+    await codex.close()
+    assert info.value.message == PREEMPTED
