@@ -71,6 +71,10 @@ stop_queue = modal.Queue.from_name(f"{APP_NAME}-stops", create_if_missing=True)
 # (see backend/catalog.py for why a Dict).
 catalog_dict = modal.Dict.from_name(f"{APP_NAME}-catalog", create_if_missing=True)
 
+# GPU time and tokens per key, written by every gateway container, read for budgets and
+# the page; it outlives restarts and deploys (see proxy/ledger.py).
+usage_dict = modal.Dict.from_name(f"{APP_NAME}-usage", create_if_missing=True)
+
 # Inside the GPU container Ollama listens on loopback only; the relay is its one client.
 BACKEND_OLLAMA_URL = "http://127.0.0.1:11434"
 
@@ -192,17 +196,28 @@ def gateway() -> None:
     from backend.catalog import DictCatalog
     from proxy.app import create_app
     from proxy.catalog import CatalogBackend, containers_up
+    from proxy.garden import Garden, runners_of
+    from proxy.ledger import DictUsageStore
     from proxy.pools import PoolRoute, PoolRouter
     from proxy.server import serve_in_thread
     from proxy.transport import RemoteBackend
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     stops = QueueStopSignals(stop_queue)
+    methods = {pool.name: backend_classes[pool.name]().proxy for pool in settings.ollama_pools}
+    # GPU time per pool from Modal's container counts (no input, nothing started), per key.
+    garden = Garden(
+        {pool.name: pool.gpu for pool in settings.ollama_pools},
+        runners={name: runners_of(method) for name, method in methods.items()},
+        store=DictUsageStore(usage_dict),
+        prices=dict(settings.gateway_gpu_prices),
+    )
     routes = []
     for pool in settings.ollama_pools:  # each model's requests to its pool's GPU class
-        method = backend_classes[pool.name]().proxy
-        # Metadata from the pool's own catalog, without a GPU; the rest to its GPU class.
-        remote = CatalogBackend(RemoteBackend(method.remote_gen.aio, stops), DictCatalog(catalog_dict, settings.ollama_version, pool.name))
+        method = methods[pool.name]
+        # Metadata from the pool's own catalog, without a GPU; the rest to its GPU class (metered).
+        to_gpu = garden.metered(pool.name, RemoteBackend(method.remote_gen.aio, stops))
+        remote = CatalogBackend(to_gpu, DictCatalog(catalog_dict, settings.ollama_version, pool.name))
         # /api/ps asks Modal which pools have a container up (no input, no container started).
         routes.append(PoolRoute(pool.name, remote, pool.models, containers_up(method)))
     backend = PoolRouter(routes, default=DEFAULT_POOL)
@@ -212,7 +227,7 @@ def gateway() -> None:
     # stream gets its 504 first (streams get an early head from the gateway instead).
     first_byte_timeout = min(settings.ollama_timeout, MODAL_WEB_FIRST_BYTE_LIMIT)
     serve_in_thread(
-        lambda: create_app(backend, settings, backend_kind="modal", first_byte_timeout=first_byte_timeout, catalog=catalog),
+        lambda: create_app(backend, settings, backend_kind="modal", first_byte_timeout=first_byte_timeout, catalog=catalog, garden=garden),
         "0.0.0.0",
         settings.gateway_port,
     )

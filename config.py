@@ -218,15 +218,22 @@ def _key_entries(env: Mapping[str, str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class KeyPolicy:
-    """What one key may do: which models (None: all), how many requests at once, and how
-    many a minute (None: no limit)."""
+    """What one key may do: which models (None: all), how many requests at once, how
+    many a minute, and how much GPU time a UTC day or month (None: no limit; see
+    proxy.budgets)."""
 
     models: tuple[str, ...] | None = None
     max_streams: int | None = None
     requests_per_minute: int | None = None
+    gpu_hours_per_day: float | None = None
+    gpu_hours_per_month: float | None = None
+    usd_per_day: float | None = None
+    usd_per_month: float | None = None
 
 
-POLICY_EXAMPLE = '{"partner": {"models": ["llama3.2"], "max_streams": 2, "requests_per_minute": 30}, "*": {"max_streams": 4}}'
+POLICY_EXAMPLE = '{"partner": {"models": ["llama3.2"], "max_streams": 2, "requests_per_minute": 30, "usd_per_month": 20}, "*": {"max_streams": 4}}'
+BUDGETS = ("gpu_hours_per_day", "gpu_hours_per_month", "usd_per_day", "usd_per_month")
+POLICY_RULES = frozenset({"models", "max_streams", "requests_per_minute", *BUDGETS})
 
 
 def _key_policies(env: Mapping[str, str], keys: tuple[ApiKey, ...]) -> tuple[tuple[str, KeyPolicy], ...]:
@@ -247,8 +254,8 @@ def _key_policies(env: Mapping[str, str], keys: tuple[ApiKey, ...]) -> tuple[tup
     for who, rules in parsed.items():
         if who != "*" and known and who not in known:
             raise ConfigError(f"{name}: {who!r} is not the name of a key in GATEWAY_API_KEYS ({', '.join(sorted(known))}) or *")
-        if not isinstance(rules, dict) or not set(rules) <= {"models", "max_streams", "requests_per_minute"}:
-            raise ConfigError(f"{name}: the rules for {who!r} must be an object with models, max_streams and/or requests_per_minute")
+        if not isinstance(rules, dict) or not set(rules) <= POLICY_RULES:
+            raise ConfigError(f"{name}: the rules for {who!r} must be an object with models, max_streams, requests_per_minute and/or {', '.join(BUDGETS)}")
         models = rules.get("models")
         if models is not None and not (isinstance(models, list) and all(isinstance(m, str) and m.strip() for m in models)):
             raise ConfigError(f"{name}: models for {who!r} must be a list of model names")
@@ -259,9 +266,32 @@ def _key_policies(env: Mapping[str, str], keys: tuple[ApiKey, ...]) -> tuple[tup
             value = rules.get(limit)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise ConfigError(f"{name}: {limit} for {who!r} must be a whole number of at least 1")
-        policy = KeyPolicy(None if models is None else tuple(m.strip() for m in models), rules.get("max_streams"), rules.get("requests_per_minute"))
+        for budget in BUDGETS:
+            value = rules.get(budget)
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
+                raise ConfigError(f"{name}: {budget} for {who!r} must be a number above 0")
+        budgets = {budget: float(rules[budget]) for budget in BUDGETS if rules.get(budget) is not None}
+        policy = KeyPolicy(None if models is None else tuple(m.strip() for m in models), rules.get("max_streams"), rules.get("requests_per_minute"), **budgets)
         policies.append((who, policy))
     return tuple(policies)
+
+
+def _gpu_prices(env: Mapping[str, str]) -> tuple[tuple[str, float], ...]:
+    """GATEWAY_GPU_PRICES: a JSON object from Modal GPU types to dollars per GPU-hour."""
+    raw = env.get("GATEWAY_GPU_PRICES", "").strip()
+    if not raw:
+        return ()
+    example = '{"A100-40GB": 2.10, "L4": 0.80}'
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"GATEWAY_GPU_PRICES is not a JSON object: expected such as {example}")
+    for gpu, price in parsed.items():
+        if gpu.upper() not in MODAL_GPU_TYPES or isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
+            raise ConfigError(f"GATEWAY_GPU_PRICES: {gpu!r}: {price!r}: expected a Modal GPU type and dollars per hour, such as {example}")
+    return tuple((gpu.upper(), float(price)) for gpu, price in parsed.items())
 
 
 def _ollama_url(raw: str) -> str:
@@ -314,6 +344,8 @@ class Settings:
     gateway_read_only: bool = False
     gateway_allow_open: bool = False  # the owner's explicit yes to a gateway without keys
     gateway_nonpreemptible: bool = False  # Modal's nonpreemptible for the gateway: 3x its CPU and memory price
+    gateway_gpu_prices: tuple[tuple[str, float], ...] = ()  # GPU type -> $/hour, over proxy.prices
+    gateway_usage_file: str = ""  # local mode: where usage is kept (default: memory)
 
     @property
     def protected(self) -> bool:
@@ -376,6 +408,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         gateway_read_only=_bool(env, "GATEWAY_READ_ONLY", defaults.gateway_read_only),
         gateway_allow_open=_bool(env, "GATEWAY_ALLOW_OPEN", defaults.gateway_allow_open),
         gateway_nonpreemptible=_bool(env, "GATEWAY_NONPREEMPTIBLE", defaults.gateway_nonpreemptible),
+        gateway_gpu_prices=_gpu_prices(env),
+        gateway_usage_file=env.get("GATEWAY_USAGE_FILE", "").strip(),
     )
 
 
@@ -386,7 +420,7 @@ FORWARDED_ENV = (
     "OLLAMA_MAX_CONTAINERS", "OLLAMA_STARTUP_TIMEOUT", "OLLAMA_WARM_SCHEDULE",
     "OLLAMA_MODEL_LIST", "GATEWAY_PORT", "GATEWAY_MIN_CONTAINERS", "GATEWAY_MAX_INPUTS",
     "GATEWAY_STARTUP_TIMEOUT", "GATEWAY_MAX_BODY_MB", "GATEWAY_BODY_TIMEOUT_S", "GATEWAY_EARLY_HEAD_S", "GATEWAY_API_KEYS_SECRET", "GATEWAY_PROXY_AUTH",
-    "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY", "GATEWAY_NONPREEMPTIBLE",
+    "GATEWAY_CORS_ORIGINS", "GATEWAY_READ_ONLY", "GATEWAY_NONPREEMPTIBLE", "GATEWAY_GPU_PRICES",
 )  # fmt: skip
 
 
@@ -426,7 +460,7 @@ SETTINGS_FILE = Path(__file__).resolve().parent / "garden.env"
 SETTINGS_FILE_VARIABLE = "GARDEN_SETTINGS_FILE"  # another file instead (tests, several gardens)
 # What the file may set: every setting but the keys, which live in a Modal Secret or the
 # environment so that no file in the project folder holds them.
-FILE_SETTINGS = (*FORWARDED_ENV, "OLLAMA_HOST", "GATEWAY_KEY_POLICY", "GATEWAY_ALLOW_OPEN")
+FILE_SETTINGS = (*FORWARDED_ENV, "OLLAMA_HOST", "GATEWAY_KEY_POLICY", "GATEWAY_ALLOW_OPEN", "GATEWAY_USAGE_FILE")
 
 
 def read_settings_file(path: Path) -> dict[str, str]:

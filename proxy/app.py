@@ -16,11 +16,16 @@ from config import APP_NAME, Settings, api_keys
 from proxy.auth import is_loopback_host, key_name, origin_may_call, presented_key
 from proxy.catalog import CatalogBackend, CatalogSource
 from proxy.encodings import decodable
+from proxy.dashboard import SEES_EVERYTHING, VIEWER
+from proxy.dashboard import add_routes as add_garden_routes
 from proxy.errors import error_response
 from proxy.forward import EXCHANGE, MODEL_RULES, Forwarder, forwarded_path, forwarded_route
+from proxy.garden import CURRENT_KEY, Garden
+from proxy.ledger import FileUsageStore, MemoryUsageStore
 from proxy.observe import Exchange, Metrics, route_family
 from proxy.paths import PREFIX, not_found_hint, route_api_family
 from proxy.policy import Limits, ModelLabels, ModelRules, limited_key_may_use, policy_for
+from proxy.usage import NO_KEY
 from proxy.transport import Backend
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ FORWARDED_METHODS = ("GET", "HEAD", "POST", "DELETE")
 METRICS_PATH = "/metrics"
 BACKEND_KEY = web.AppKey("backend", Backend)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+GARDEN_KEY = web.AppKey("garden", Garden)
 
 # The gateway's own refusals, as error kinds in metrics and logs.
 _REFUSALS = {
@@ -74,7 +80,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
-def observe(metrics: Metrics) -> Middleware:
+def observe(metrics: Metrics, garden: Garden) -> Middleware:
     """One Exchange per forwarded request: counted and logged once, when it ends."""
 
     @web.middleware
@@ -100,17 +106,22 @@ def observe(metrics: Metrics) -> Middleware:
         finally:
             metrics.in_flight.dec()
             metrics.record(exchange)
+            garden.request_ended(exchange, request.headers.get("User-Agent", ""))
 
     return middleware
 
 
-def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.AbstractResource]) -> Middleware:
+def access_guard(
+    settings: Settings, loopback_only: bool, public: frozenset[web.AbstractResource], garden: Garden, own_usage: frozenset[web.AbstractResource] = frozenset()
+) -> Middleware:
     """Host, browser origin, API key, request body headers and read-only mode, checked
     in that order before any body is read, for every route but the `public` ones.
 
     Decided on the route the router matched (the decoded path), never on the raw path:
     `/%6detrics` is /metrics to the router, so it is /metrics here too. Preflights pass:
     browsers send no credentials on them, and CORS answers them without the backend.
+    A key with an allowlist reaches no gateway route but the `own_usage` ones, which
+    then show it only its own usage. A key over its GPU budget gets 429 (proxy.budgets).
     """
     max_body = settings.gateway_max_body_mb * 1024 * 1024
     keys = api_keys(settings.gateway_api_keys)
@@ -135,6 +146,7 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
             )
         if EXCHANGE in request:
             request[EXCHANGE].key = name
+        CURRENT_KEY.set(name or NO_KEY)  # for the pool meter (proxy.garden), in this request's task
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
         if encoding != "identity" and not decodable(request.method, forwarded_route(request), encoding):
             # Ollama takes a compressed body on /v1/responses only; the forwarder inflates
@@ -146,7 +158,9 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
         if settings.gateway_read_only and path and not allowed_when_read_only(request.method, path):
             return error_response(403, "this garden is read-only: only chat, generation, embeddings and model listings are served", family)
         limited = False
-        if policies and path is None and policy_for(name, policies).models is not None:
+        sees_everything = not policies or policy_for(name, policies).models is None
+        request[VIEWER], request[SEES_EVERYTHING] = name or NO_KEY, sees_everything
+        if not sees_everything and path is None and request.match_info.route.resource not in own_usage:
             # /metrics names every key, model and count: not for a key limited to some models.
             return error_response(403, f"the key {name!r} may use only some models: /metrics is for the garden's owner", family)
         if policies and path is not None:
@@ -157,10 +171,16 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
                     return error_response(403, f"the key {name!r} may use only some models: {request.method} {route[:100]} is not for it", family)
                 request[MODEL_RULES] = rules.get(name) or rules["*"]
             limited = policy.max_streams is not None or policy.requests_per_minute is not None
+            # Checked as a request arrives, never during one: a stream is not cut.
+            over = garden.refusal(name, policy)
+            if over is not None:
+                return error_response(429, over.message, family, {"Retry-After": str(over.retry_after)})
             if limited:
                 refusal = limits.admit(name, policy)
                 if refusal is not None:
                     return error_response(429, refusal.message, family, {"Retry-After": str(refusal.retry_after)})
+        if path is not None:
+            garden.request_started(name or NO_KEY)
         try:
             if hdrs.EXPECT in request.headers and request.version == HttpVersion11 and request.headers[hdrs.EXPECT].lower() == "100-continue":
                 # Only now, with every check passed, may the client send its body.
@@ -168,6 +188,8 @@ def access_guard(settings: Settings, loopback_only: bool, public: frozenset[web.
                 request.writer.output_size = 0
             return await handler(request)
         finally:
+            if path is not None:
+                garden.request_done(name or NO_KEY)
             if limited:
                 limits.done(name)
 
@@ -254,6 +276,7 @@ def create_app(
     loopback_only: bool = False,
     local: dict | None = None,
     catalog: CatalogSource | None = None,
+    garden: Garden | None = None,
 ) -> web.Application:
     """The gateway: `/health` here, everything under `/ollama` through `backend`.
 
@@ -261,12 +284,19 @@ def create_app(
     but a loopback one (local mode bound to loopback, as Ollama itself does); `local`
     describes the local Ollama for /health; with a `catalog` (on Modal) the gateway
     answers metadata itself (proxy.catalog), without one it forwards everything.
+    `garden` meters GPU time (on Modal, with the pools' backends wrapped by
+    `garden.metered`); without one (local mode) GPU time is absent from the page.
     """
+    if garden is None:
+        store = FileUsageStore(settings.gateway_usage_file) if settings.gateway_usage_file else MemoryUsageStore()
+        garden = Garden({}, store=store, prices=dict(settings.gateway_gpu_prices))
     app = web.Application(client_max_size=settings.gateway_max_body_mb * 1024 * 1024)
     backend = CatalogBackend(backend, catalog)
     metrics = Metrics(ModelLabels(settings.ollama_model_list, backend.known_models))
+    metrics.registry.register(garden)  # its collect(): GPU time, by key, cold starts
     app[BACKEND_KEY] = backend
     app[METRICS_KEY] = metrics
+    app[GARDEN_KEY] = garden
     forward = Forwarder(
         backend,
         first_byte_timeout or settings.ollama_timeout,
@@ -287,20 +317,32 @@ def create_app(
     async def close_backend(app: web.Application) -> None:
         await app[BACKEND_KEY].aclose()
 
+    async def start_garden(app: web.Application) -> None:
+        await app[GARDEN_KEY].start()
+
+    async def stop_garden(app: web.Application) -> None:
+        await app[GARDEN_KEY].stop()
+
     # Every route the router can match is ours, with our Expect handler: aiohttp's own
     # (for unmatched paths and methods) would invite a body before the guard ran.
     health_route = app.router.add_get("/health", health, expect_handler=continue_after_checks)
     routes = [health_route, app.router.add_get(METRICS_PATH, metrics_page, expect_handler=continue_after_checks)]
     forwarded = app.router.add_resource(PREFIX + "{tail:(/.*)?}")
     routes += [forwarded.add_route(method, forward, expect_handler=continue_after_checks) for method in FORWARDED_METHODS]
-    public = frozenset({health_route.resource})  # everything else is behind the guard
-    app.middlewares.extend([observe(metrics), json_errors, access_guard(settings, loopback_only, public)])
+    page_routes, usage_routes = add_garden_routes(app, garden, continue_after_checks)
+    routes += page_routes + usage_routes
+    # Everything else is behind the guard; the page holds nothing and asks for a key.
+    public = frozenset({health_route.resource} | {route.resource for route in page_routes})
+    own_usage = frozenset(route.resource for route in usage_routes)
+    app.middlewares.extend([observe(metrics, garden), json_errors, access_guard(settings, loopback_only, public, garden, own_usage)])
     setup_cors(app, settings.gateway_cors_origins, routes)
     # After CORS, so its preflight routes match OPTIONS first: other methods get a 405
     # with Allow, other paths a 404, both made JSON by json_errors.
     for resource in {route.resource for route in routes}:
         resource.add_route("*", method_not_allowed(sorted({r.method for r in resource} | {"OPTIONS"})), expect_handler=continue_after_checks)
     app.router.add_route("*", "/{anything:.*}", not_found, expect_handler=continue_after_checks)
+    app.on_startup.append(start_garden)
+    app.on_cleanup.append(stop_garden)
     app.on_cleanup.append(close_backend)
 
     if not settings.gateway_api_keys:

@@ -156,7 +156,7 @@ class Metrics:
             registry=r,
         )
         self.early_heads = Counter("garden_early_heads", "Streams whose head the gateway sent while the backend started", ["family"], registry=r)
-        self.cold_starts = Counter("garden_cold_starts", "Requests that waited for their GPU container to start", registry=r)
+        # garden_cold_starts_total{pool,key} and GPU time: proxy.garden's collector.
         self.tokens = Counter("garden_tokens", "Tokens Ollama reported, by key name, model and kind", ["key", "model", "kind"], registry=r)
         self.bytes_relayed = Counter("garden_bytes_relayed", "Response body bytes relayed to clients", registry=r)
         self.disconnects = Counter("garden_client_disconnects", "Clients that left before the response ended", ["family"], registry=r)
@@ -189,8 +189,6 @@ class Metrics:
             self._child(self.backend_wait, (family,)).observe(exchange.backend_head - exchange.started)
         if exchange.early_head:
             self.early_heads.labels(family).inc()
-        if exchange.cold_start:
-            self.cold_starts.inc()
         if exchange.prompt_tokens is not None:
             model = self.model_labels.label(exchange.model)  # bounded: known models or "other"
             self._child(self.tokens, (exchange.key, model, "prompt")).inc(exchange.prompt_tokens)

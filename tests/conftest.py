@@ -20,6 +20,7 @@ from config import Settings
 from proxy.app import create_app
 from proxy.server import start_site
 from proxy.catalog import CatalogBackend, StoredResponse, containers_up
+from proxy.garden import Garden, runners_of
 from proxy.pools import PoolRoute, PoolRouter
 from proxy.transport import Backend, InProcessBackend, RemoteBackend
 from tests.fake_modal import FakeBackendMethod, FakeModalDict
@@ -72,7 +73,13 @@ async def start_gateway(settings: Settings) -> AsyncIterator[Callable]:
     started: list[Served] = []
 
     async def start(
-        backend: Backend, first_byte_timeout: float | None = None, loopback_only: bool = False, backend_kind: str = "local", catalog=None, **overrides
+        backend: Backend,
+        first_byte_timeout: float | None = None,
+        loopback_only: bool = False,
+        backend_kind: str = "local",
+        catalog=None,
+        garden: Garden | None = None,
+        **overrides,
     ) -> str:
         app = create_app(
             backend,
@@ -81,6 +88,7 @@ async def start_gateway(settings: Settings) -> AsyncIterator[Callable]:
             first_byte_timeout=first_byte_timeout,
             loopback_only=loopback_only,
             catalog=catalog,
+            garden=garden,
         )
         served = await serve_gateway(app)
         started.append(served)
@@ -109,6 +117,7 @@ class ModalGarden:
     method: FakeBackendMethod
     catalog: FakeModalDict
     stops: LocalStopSignals
+    garden: Garden | None = None
 
     async def start_backend(self) -> None:
         """The GPU container's start-up hook (pulls, catalog, preload)."""
@@ -122,16 +131,20 @@ async def make_modal_garden(standin, start_gateway) -> AsyncIterator[Callable[..
     url, state = standin
     services: list[OllamaService] = []
 
-    async def make(**overrides) -> ModalGarden:
+    async def make(metered: dict | None = None, scaledown: float | None = None, **overrides) -> ModalGarden:
+        """`metered`: a Garden's options (e.g. its `store` and intervals) to meter GPU time
+        as app.py does; `scaledown`: the seam's scale-down window."""
         catalog = FakeModalDict()
         service = OllamaService(url, ("llama3.2",), commit=lambda: None, server=AlreadyRunning(), catalog=DictCatalog(catalog, VERSION))
         services.append(service)
         stops = LocalStopSignals()
-        method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops), on_ready=service.mark_ready)
-        remote = CatalogBackend(RemoteBackend(method.remote_gen.aio, stops), DictCatalog(catalog, VERSION))  # as app.py wires a pool
+        method = FakeBackendMethod(lambda request: service.proxy(request, stops=stops), on_ready=service.mark_ready, scaledown=scaledown)
+        garden = None if metered is None else Garden({"default": "A100-40GB"}, runners={"default": runners_of(method)}, **metered)
+        to_gpu = RemoteBackend(method.remote_gen.aio, stops) if garden is None else garden.metered("default", RemoteBackend(method.remote_gen.aio, stops))
+        remote = CatalogBackend(to_gpu, DictCatalog(catalog, VERSION))  # as app.py wires a pool
         pools = PoolRouter([PoolRoute("default", remote, ("llama3.2",), containers_up(method))])
-        gateway = await start_gateway(pools, backend_kind="modal", **overrides)
-        return ModalGarden(gateway, state, service, method, catalog, stops)
+        gateway = await start_gateway(pools, backend_kind="modal", garden=garden, **overrides)
+        return ModalGarden(gateway, state, service, method, catalog, stops, garden)
 
     yield make
     for service in services:

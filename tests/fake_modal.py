@@ -8,7 +8,9 @@ Faithful where the design depends on it (read from the installed modal 1.6 sourc
   the caller skips the frame indices it already has, as modal's client does
   (`detached_call`).
 - `get_current_stats.aio()`: a control-plane read that creates no input and starts no
-  container; `num_total_runners` counts containers up, busy or idle.
+  container; `num_total_runners` counts containers up, busy or idle (a starting one too).
+- With a `scaledown` window, a container that has run no input for that long exits
+  (Modal's `scaledown_window`); the seam keeps its own count of container-seconds.
 - `modal.Dict`: values are pickled; `get` returns the default for a missing key.
 - `modal.Queue`: partitions, and `queue.Empty` when a get times out.
 """
@@ -125,19 +127,31 @@ class FunctionCurrentStats:  # modal.types.FunctionCurrentStats
 
 class FakeBackendMethod:
     """`OllamaBackend().proxy` as the gateway sees it. A container "starts" with the first
-    input and stays up (Modal keeps it for the scale-down window) until `scale_to_zero()`;
-    while it starts (`start_delay` seconds: the image, `ollama serve`, the pulls) inputs
-    wait, and a stop sent meanwhile is there when they run."""
+    input and stays up until `scale_to_zero()`, or, with `scaledown`, until it has run no
+    input for that many seconds (Modal's scale-down window); while it starts
+    (`start_delay` seconds: the image, `ollama serve`, the pulls) inputs wait, and a stop
+    sent meanwhile is there when they run. `container_seconds` is how long containers
+    have been up, by the seam's own clock (the event loop's)."""
 
     def __init__(
-        self, produce: Callable[[dict], AsyncIterator[Any]], start_delay: float = 0.0, on_ready: Callable[[], None] = lambda: None
+        self,
+        produce: Callable[[dict], AsyncIterator[Any]],
+        start_delay: float = 0.0,
+        on_ready: Callable[[], None] = lambda: None,
+        scaledown: float | None = None,
     ) -> None:
         self.calls: list[dict] = []
         self.on_ready = on_ready  # the container's start-up hook finished (Modal's @enter)
         self.containers = 0
         self.stats_reads = 0
         self.start_delay = start_delay
+        self.scaledown = scaledown
+        self.starts = 0  # containers started so far
         self._ready_at = 0.0
+        self._running = 0  # inputs running in the container
+        self._idle_since = 0.0
+        self._up_since: float | None = None
+        self._seconds_done = 0.0
         self._produce = produce
         self.preemptions: list[int | None] = []  # see preempt()
         self._call = detached_call(self._after_start, self.preemptions, self._new_container)
@@ -168,18 +182,40 @@ class FakeBackendMethod:
 
     def _remote_gen(self, request: dict) -> AsyncIterator[Any]:
         self.calls.append(request)
+        loop = asyncio.get_running_loop()
         if self.containers == 0:  # a cold start
             self.containers = 1
-            self._ready_at = asyncio.get_running_loop().time() + self.start_delay
-            asyncio.get_running_loop().call_later(self.start_delay, self.on_ready)
+            self.starts += 1
+            self._up_since = self._idle_since = loop.time()
+            self._ready_at = loop.time() + self.start_delay
+            loop.call_later(self.start_delay, self.on_ready)
+            if self.scaledown is not None:
+                loop.call_later(self.start_delay + self.scaledown, self._maybe_scale_down)
         return self._call(request)
 
     async def _after_start(self, request: dict) -> AsyncIterator[Any]:
-        wait = self._ready_at - asyncio.get_running_loop().time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        async for frame in self._produce(request):
-            yield frame
+        loop = asyncio.get_running_loop()
+        self._running += 1
+        try:
+            wait = self._ready_at - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            async for frame in self._produce(request):
+                yield frame
+        finally:
+            self._running -= 1
+            self._idle_since = loop.time()
+            if self._running == 0 and self.scaledown is not None:
+                loop.call_later(self.scaledown, self._maybe_scale_down)
+
+    def _maybe_scale_down(self) -> None:
+        if self.containers and self._running == 0 and asyncio.get_running_loop().time() - self._idle_since >= self.scaledown - 1e-3:
+            self.scale_to_zero()
+
+    @property
+    def container_seconds(self) -> float:
+        up = 0.0 if self._up_since is None else asyncio.get_running_loop().time() - self._up_since
+        return self._seconds_done + up
 
     async def _stats(self) -> FunctionCurrentStats:
         self.stats_reads += 1
@@ -187,6 +223,9 @@ class FakeBackendMethod:
         return FunctionCurrentStats(backlog=0, num_total_runners=self.containers, num_running_inputs=running, input_headroom=0)
 
     def scale_to_zero(self) -> None:
+        if self.containers and self._up_since is not None:
+            self._seconds_done += asyncio.get_running_loop().time() - self._up_since
+        self._up_since = None
         self.containers = 0
 
 
@@ -199,6 +238,7 @@ class FakeModalDict:
         self.get = _Method(self._get, self._get_aio)
         self.put = _Method(self._put, self._put_aio)
         self.pop = _Method(self._pop, self._pop_aio)
+        self.items = _Method(self._items, self._items_aio)
 
     def _get(self, key: Any, default: Any = None) -> Any:
         self.reads += 1
@@ -219,6 +259,14 @@ class FakeModalDict:
 
     async def _pop_aio(self, key: Any, default: Any = None) -> Any:
         return self._pop(key, default)
+
+    def _items(self) -> list[tuple[Any, Any]]:
+        return [(key, pickle.loads(value)) for key, value in list(self.data.items())]
+
+    async def _items_aio(self) -> AsyncIterator[tuple[Any, Any]]:
+        # Modal's `items.aio()` is an async generator over (key, value), in no set order.
+        for item in self._items():
+            yield item
 
 
 class FakeModalQueue:
