@@ -125,18 +125,21 @@ class SharedLedger:
         prune(self.own, now)
         self.own["updated"] = now
         await self.store.put(self.key, self.own)
-        others = []
+        others, adopted = [], False
         for key, record in await self.store.items():
             if key == self.key or not isinstance(record, dict):
                 continue
             if now - (record.get("updated") or 0.0) > STALE_AFTER:
-                adopted = await self.store.pop(key)
-                if isinstance(adopted, dict):  # we won it: it is ours now
+                gone = await self.store.pop(key)
+                if isinstance(gone, dict):  # we won it: it is ours now
                     log.info("usage of a stopped gateway (%s) adopted", key)
-                    self._adopt(adopted)
+                    self._adopt(gone)
+                    adopted = True
                 continue
             others.append(record)
         self.others = merge(others)
+        if adopted:  # stored at once: it is in no other record now
+            await self.store.put(self.key, self.own)
 
     def _adopt(self, record: Record) -> None:
         merged = merge([self.own, record])
