@@ -21,6 +21,7 @@ skipped, except in CI (`CI` set), where they fail.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -425,3 +426,68 @@ async def test_page_gets_a_normal_stream_or_ollamas_error_after_a_cold_start(mak
     result = await asyncio.wait_for(start_chat(browser, kind, KEY, ghost, f"{kind}-ghost"), STEP_TIMEOUT)
     message = "model 'ghost' not found"
     assert result["status"] == 200 and result["streamErrors"] == ([message] if kind == "ndjson" else [{"message": message, "type": "not_found_error", "param": None, "code": None}])
+
+
+SCREENSHOT = Path(__file__).parent.parent / "docs" / "garden-page.png"
+
+
+async def pool_state(browser: DevTools) -> str | None:
+    """The default pool's state, as the page shows it, after one refresh."""
+    await browser.evaluate("garden.refresh()")
+    return await browser.evaluate("(document.querySelector('#pools tr[data-pool=\"default\"] td.state') || {}).textContent || null")
+
+
+async def until_state(browser: DevTools, state: str) -> None:
+    for _ in range(int(STEP_TIMEOUT / 0.05)):
+        if await pool_state(browser) == state:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the page never showed the pool {state} (last: {await pool_state(browser)})")
+
+
+async def test_garden_page_shows_a_pool_waking_then_awake_and_an_hour_of_polling_wakes_nothing(make_modal_garden, browser):
+    metered = {"fast_interval": 0.02, "idle_interval": 3600, "sync_interval": 3600}
+    garden = await make_modal_garden(metered=metered, gateway_api_keys=(f"owner:{KEY}",))
+    garden.method.start_delay = 1.0
+    await browser.send("Runtime.enable")
+    await browser.send("Page.enable")
+    await browser.send("Log.enable")
+    await browser.send("Emulation.setDeviceMetricsOverride", width=1100, height=1000, deviceScaleFactor=1, mobile=False)
+    await browser.send("Page.navigate", url=garden.url + "/")
+    await browser.event("Page.loadEventFired")
+    # It asks for the key once, keeps it in the tab's session storage, never in the URL.
+    shown = "(id => getComputedStyle(document.getElementById(id)).display !== 'none')"
+    assert await browser.evaluate(f"{shown}('key-form') && !{shown}('garden')")
+    await browser.evaluate(f"document.getElementById('key-input').value = {json.dumps(KEY)}; document.getElementById('key-form').requestSubmit()")
+    await until_state(browser, "asleep")
+    assert await browser.evaluate(f"!{shown}('key-form') && {shown}('garden')")
+    assert await browser.evaluate("sessionStorage.getItem('garden-key')") == KEY
+    assert await browser.evaluate("location.href") == garden.url + "/"
+    # A chat wakes the pool: the page shows it waking, then awake.
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {KEY}", "User-Agent": "garden-browser-test"}
+        request = asyncio.create_task(http.post(garden.url + "/ollama/api/chat", json=CHAT, headers=headers))
+        await until_state(browser, "waking")
+        response = await asyncio.wait_for(request, STEP_TIMEOUT)
+        assert response.status == 200
+        await response.read()
+    await until_state(browser, "awake")
+    assert await browser.evaluate("document.querySelector('#pools tr[data-pool=\"default\"] td:nth-child(4)').textContent") == "1"
+    cold = await browser.evaluate("[...document.querySelectorAll('#cold tbody td')].map(td => td.textContent)")
+    assert "owner" in cold and "llama3.2:latest" in cold and "garden-browser-test" in cold
+    tokens_shown = await browser.evaluate("[...document.querySelectorAll('#tokens tbody td')].map(td => td.textContent)")
+    assert tokens_shown == ["owner", "llama3.2:latest", "12", "8"]
+    assert await browser.evaluate("document.querySelectorAll('#chart svg rect').length") >= 1
+    if os.environ.get("GARDEN_SCREENSHOT"):  # the README's picture, from this run
+        shot = await browser.send("Page.captureScreenshot", format="png")
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+    # The pool scales down; then an hour of polling every 5 s reaches neither a GPU nor Modal.
+    garden.method.scale_to_zero()
+    await until_state(browser, "asleep")
+    calls, reads, seen = len(garden.method.calls), garden.method.stats_reads, len(garden.state.seen)
+    polled = await browser.evaluate("(async () => { let n = 0; for (let i = 0; i < 720; i++) if (await garden.refresh()) n++; return n; })()")
+    assert polled == 720
+    assert (len(garden.method.calls), garden.method.stats_reads, len(garden.state.seen)) == (calls, reads, seen)
+    violations = [e for e in browser.drain("Log.entryAdded") if "Content Security Policy" in e["entry"].get("text", "")]
+    assert violations == []

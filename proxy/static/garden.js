@@ -9,7 +9,7 @@ let timer = null;
 
 function $(id) { return document.getElementById(id); }
 
-function money(x) { return "$" + (x < 10 ? x.toFixed(2) : x.toFixed(0)); }
+function money(x) { return "$" + (x === 0 ? "0" : x < 1 ? x.toFixed(4) : x < 100 ? x.toFixed(2) : x.toFixed(0)); }
 
 function duration(s) {
   s = Math.round(s);
