@@ -70,7 +70,7 @@ class Garden:
         self.runners = runners or {}
         self.measured = bool(self.runners)  # False: no GPU time to measure (local mode)
         self.ledger = SharedLedger(store or MemoryUsageStore(), clock=clock)
-        self.meter = Meter(self.gpus, self.ledger.own)
+        self.meter = Meter(self.gpus, self.ledger.own, elsewhere=self.ledger)
         self.prices = {pool: price_per_hour(gpu, prices) for pool, gpu in self.gpus.items()}
         self.fast_interval, self.idle_interval, self.sync_interval = fast_interval, idle_interval, sync_interval
         self.clock = clock

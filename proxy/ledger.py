@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from proxy.usage import Record, merge, new_record, prune
+from proxy.usage import Elsewhere, Record, merge, new_record, prune
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ class FileUsageStore:
         return await asyncio.to_thread(self._change, lambda data: data.pop(key, None))
 
 
-class SharedLedger:
-    """This gateway's record (`own`, written to by the meter) and everyone else's."""
+class SharedLedger(Elsewhere):
+    """This gateway's record (`own`, written to by the meter) and everyone else's; as
+    the meter's `Elsewhere`, what the other gateways did (as of the last sync)."""
 
     def __init__(self, store: UsageStore, instance: str | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -118,6 +119,13 @@ class SharedLedger:
         self.clock = clock
         self.own: Record = new_record()
         self.others: Record = new_record()
+        self.live: list[str] = []  # the other gateways writing now
+
+    def last_request(self, pool: str) -> float:
+        return self.others["last"].get(pool, 0.0)
+
+    def charges_warm(self) -> bool:
+        return all(self.key < other for other in self.live)  # the first by name: any one will do
 
     async def sync(self) -> None:
         """Write our record; read the others' (adopting any whose gateway is gone)."""
@@ -125,7 +133,7 @@ class SharedLedger:
         prune(self.own, now)
         self.own["updated"] = now
         await self.store.put(self.key, self.own)
-        others, adopted = [], False
+        others, live, adopted = [], [], False
         for key, record in await self.store.items():
             if key == self.key or not isinstance(record, dict):
                 continue
@@ -137,7 +145,8 @@ class SharedLedger:
                     adopted = True
                 continue
             others.append(record)
-        self.others = merge(others)
+            live.append(key)
+        self.others, self.live = merge(others), live
         if adopted:  # stored at once: it is in no other record now
             await self.store.put(self.key, self.own)
 

@@ -41,7 +41,8 @@ def hour_of(ts: float) -> str:
 
 
 def new_record() -> Record:
-    return {"v": 1, "updated": 0.0, "gpu": {}, "tokens": {}, "hours": {}}
+    # "last": pool -> when this gateway's last request on it began (for the tail's owner).
+    return {"v": 1, "updated": 0.0, "gpu": {}, "tokens": {}, "hours": {}, "last": {}}
 
 
 def _add(tree: dict, path: tuple[str, ...], amount: float) -> None:
@@ -82,6 +83,8 @@ def merge(records: list[Record]) -> Record:
         for part in ("gpu", "tokens", "hours"):
             _merge_into(total[part], record.get(part) or {})
         total["updated"] = max(total["updated"], record.get("updated") or 0.0)
+        for pool, at in (record.get("last") or {}).items():
+            total["last"][pool] = max(total["last"].get(pool, 0.0), at)
     return total
 
 
@@ -110,6 +113,8 @@ class PoolMeter:
     runners: int = 0  # containers up at the last look
     seen_at: float | None = None  # when `runners` was last accounted up to
     sampled: bool = False  # a sample has been taken at least once
+    last_at: float = 0.0  # when this gateway's last request on it began
+    asleep_at: float = 0.0  # when it was last seen with no container up
     seconds: float = 0.0  # container-seconds counted by this gateway (lifetime)
     by_key: collections.Counter = field(default_factory=collections.Counter)  # key -> seconds (lifetime)
 
@@ -125,23 +130,45 @@ class PoolMeter:
         return self.runners > 0 or bool(self.in_flight) or self.waking > 0
 
 
-class Meter:
-    """Container time per pool, attributed to keys, written into `record` as it is measured."""
+class Elsewhere:
+    """What the other gateway containers know (proxy.ledger): none, by default."""
 
-    def __init__(self, pools: dict[str, str], record: Record | None = None) -> None:
+    def last_request(self, pool: str) -> float:
+        """When another gateway's last request on `pool` began (0: never)."""
+        return 0.0
+
+    def charges_warm(self) -> bool:
+        """Is this the one gateway that charges `WARM` time (so it is counted once)?"""
+        return True
+
+
+class Meter:
+    """Container time per pool, attributed to keys, written into `record` as it is measured.
+
+    With several gateway containers, each charges only what is its own: time while its
+    requests are in flight, the idle tail when its request on the pool came last of all
+    (as of the last sync), and `WARM` time only in the one gateway `elsewhere` names.
+    """
+
+    def __init__(self, pools: dict[str, str], record: Record | None = None, elsewhere: Elsewhere | None = None) -> None:
         self.pools = {name: PoolMeter(name, gpu) for name, gpu in pools.items()}
         self.record = record if record is not None else new_record()
+        self.elsewhere = elsewhere or Elsewhere()
+
+    def _shares(self, pool: PoolMeter, seconds: float) -> list[tuple[str, float]]:
+        if pool.in_flight:
+            requests = sum(pool.in_flight.values())
+            return [(key, seconds * n / requests) for key, n in pool.in_flight.items()]
+        later = self.elsewhere.last_request(pool.name)
+        if pool.last_key is not None:
+            return [] if later > pool.last_at else [(pool.last_key, seconds)]
+        return [(WARM, seconds)] if later <= pool.asleep_at and self.elsewhere.charges_warm() else []
 
     def _account(self, pool: PoolMeter, now: float) -> None:
         """The stretch since the last look, at the count seen then, to whom it belongs."""
         if pool.seen_at is not None and now > pool.seen_at and pool.runners > 0:
-            seconds = pool.runners * (now - pool.seen_at)
-            pool.seconds += seconds
-            if pool.in_flight:
-                requests = sum(pool.in_flight.values())
-                shares = [(key, seconds * n / requests) for key, n in pool.in_flight.items()]
-            else:
-                shares = [(pool.last_key or WARM, seconds)]
+            shares = self._shares(pool, pool.runners * (now - pool.seen_at))
+            pool.seconds += sum(share for _, share in shares)
             for key, share in shares:
                 pool.by_key[key] += share
                 add_gpu(self.record, now, pool.name, key, share)
@@ -153,6 +180,7 @@ class Meter:
         self._account(pool, now)
         pool.in_flight[key] += 1
         pool.last_key = key
+        pool.last_at = self.record["last"][name] = now
         waking = pool.runners == 0
         pool.waking += waking
         return waking
@@ -178,3 +206,4 @@ class Meter:
         pool.sampled = True
         if runners == 0 and not pool.in_flight:
             pool.last_key = None  # asleep: whoever wakes it next is who it is charged to
+            pool.asleep_at = now

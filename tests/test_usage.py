@@ -7,7 +7,7 @@ import calendar
 
 import pytest
 
-from proxy.usage import WARM, Meter, add_tokens, day_of, merge, month_of, new_record, prune
+from proxy.usage import WARM, Elsewhere, Meter, add_tokens, day_of, merge, month_of, new_record, prune
 
 T0 = float(calendar.timegm((2026, 12, 8, 3, 0, 0)))
 
@@ -75,3 +75,32 @@ def test_records_merge_by_adding_and_prune_old_periods():
     assert total["tokens"][day_of(T0)]["alice"]["llama3.2:latest"] == [11, 7]
     prune(total, T0)
     assert set(total["tokens"]) == {day_of(T0), month_of(T0)}
+
+
+class OtherGateway(Elsewhere):
+    def __init__(self, last: float, first: bool) -> None:
+        self.last, self.first = last, first
+
+    def last_request(self, pool: str) -> float:
+        return self.last
+
+    def charges_warm(self) -> bool:
+        return self.first
+
+
+def test_with_two_gateways_the_tail_and_warm_time_are_charged_once():
+    # b's request came after a's: the tail is b's, so a charges nothing of it.
+    a = Meter({"p": "L4"}, elsewhere=OtherGateway(last=T0 + 5, first=True))
+    a.sample("p", 0, T0 - 10)
+    a.begin("p", "alice", T0)
+    a.sample("p", 1, T0 + 1)
+    a.end("p", "alice", True, T0 + 2)
+    a.sample("p", 1, T0 + 30)
+    a.sample("p", 0, T0 + 40)
+    assert shares(a) == {"alice": 1.0} and a.pools["p"].seconds == 1.0
+    # A pool up that no gateway asked for is warm time in one gateway only.
+    for first, expected in ((True, {WARM: 10.0}), (False, {})):
+        meter = Meter({"p": "L4"}, elsewhere=OtherGateway(last=0.0, first=first))
+        meter.sample("p", 1, T0)
+        meter.sample("p", 0, T0 + 10)
+        assert shares(meter) == expected
