@@ -172,7 +172,7 @@ def access_guard(
                 request[MODEL_RULES] = rules.get(name) or rules["*"]
             limited = policy.max_streams is not None or policy.requests_per_minute is not None
             # Checked as a request arrives, never during one: a stream is not cut.
-            over = garden.refusal(name, policy)
+            over = garden.refusal(name or NO_KEY, policy)
             if over is not None:
                 return error_response(429, over.message, family, {"Retry-After": str(over.retry_after)})
             if limited:

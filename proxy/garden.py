@@ -96,9 +96,7 @@ class Garden:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        now = self.clock()
-        for name in self.meter.pools:
-            self.meter._account(self.meter.pools[name], now)
+        self.meter.catch_up(self.clock())
         try:
             await self.ledger.sync()
         except Exception as exc:  # noqa: BLE001
@@ -194,9 +192,7 @@ class Garden:
         """What the page shows. `everything` False (a key with an allowlist): only the
         viewer's own usage, and the pools' states (which are nobody's usage)."""
         now = self.clock()
-        totals = self.ledger.totals()
-        for name, pool in self.meter.pools.items():  # up to this moment, not the last look
-            self.meter._account(pool, now)
+        self.meter.catch_up(now)  # up to this moment, not the last look
         totals = self.ledger.totals()
         day, month = totals["gpu"].get(day_of(now), {}), totals["gpu"].get(month_of(now), {})
         visible = (lambda key: True) if everything else (lambda key: key == viewer)

@@ -174,6 +174,11 @@ class Meter:
                 add_gpu(self.record, now, pool.name, key, share)
         pool.seen_at = now if pool.seen_at is None or now > pool.seen_at else pool.seen_at
 
+    def catch_up(self, now: float) -> None:
+        """Account every pool up to `now` (for a report, or before the gateway stops)."""
+        for pool in self.pools.values():
+            self._account(pool, now)
+
     def begin(self, name: str, key: str, now: float) -> bool:
         """A request of `key` goes to pool `name`. True if it may wake the pool."""
         pool = self.pools[name]
