@@ -294,6 +294,7 @@ def create_app(
     backend = CatalogBackend(backend, catalog)
     metrics = Metrics(ModelLabels(settings.ollama_model_list, backend.known_models))
     metrics.registry.register(garden)  # its collect(): GPU time, by key, cold starts
+    garden.model_label = metrics.model_labels.label
     app[BACKEND_KEY] = backend
     app[METRICS_KEY] = metrics
     app[GARDEN_KEY] = garden

@@ -78,6 +78,9 @@ class Garden:
         self.cold_start_counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.in_flight: collections.Counter[str] = collections.Counter()  # key -> requests (every route)
         self.samples = 0
+        # A model's name in the record: bounded to the models the garden knows (create_app
+        # sets the metrics' labeller), so no client can grow the shared record at will.
+        self.model_label: Callable[[str | None], str] = model_label
         self._tasks: list[asyncio.Task] = []
         self._last_sample: dict[str, float] = {}
 
@@ -155,11 +158,11 @@ class Garden:
         key = exchange.key or NO_KEY
         now = self.clock()
         if exchange.prompt_tokens is not None:
-            add_tokens(self.ledger.own, now, key, model_label(exchange.model), exchange.prompt_tokens, exchange.completion_tokens or 0)
+            add_tokens(self.ledger.own, now, key, self.model_label(exchange.model), exchange.prompt_tokens, exchange.completion_tokens or 0)
         if exchange.cold_start:
             wait = None if exchange.backend_head is None else round(exchange.backend_head - exchange.started, 2)
             start = {
-                "at": now, "pool": exchange.pool, "key": key, "model": model_label(exchange.model),
+                "at": now, "pool": exchange.pool, "key": key, "model": self.model_label(exchange.model),
                 "route": exchange.family, "user_agent": user_agent[:200], "wait_s": wait,
             }  # fmt: skip
             self.cold_starts.append(start)

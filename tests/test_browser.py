@@ -447,7 +447,7 @@ async def until_state(browser: DevTools, state: str) -> None:
 
 async def test_garden_page_shows_a_pool_waking_then_awake_and_an_hour_of_polling_wakes_nothing(make_modal_garden, browser):
     metered = {"fast_interval": 0.02, "idle_interval": 3600, "sync_interval": 3600}
-    garden = await make_modal_garden(metered=metered, gateway_api_keys=(f"owner:{KEY}",))
+    garden = await make_modal_garden(metered=metered, gateway_api_keys=(f"owner:{KEY}",), ollama_model_list=("llama3.2",))
     garden.method.start_delay = 1.0
     await browser.send("Runtime.enable")
     await browser.send("Page.enable")

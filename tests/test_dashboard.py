@@ -25,7 +25,7 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 async def keyed(standin, start_gateway):
     url, _ = standin
     policy = load_settings({"GATEWAY_API_KEYS": ",".join(KEYS), "GATEWAY_KEY_POLICY": POLICY}).gateway_key_policy
-    return await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS, gateway_key_policy=policy)
+    return await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_api_keys=KEYS, gateway_key_policy=policy, ollama_model_list=("llama3.2",))
 
 
 async def test_the_page_and_its_files_are_public_under_a_strict_csp_and_fetch_nothing_elsewhere(keyed):
@@ -68,7 +68,7 @@ async def test_usage_needs_a_key_and_a_key_with_an_allowlist_sees_only_its_own(k
 async def test_local_mode_keeps_usage_in_a_file_a_restarted_gateway_reads(standin, settings, tmp_path):
     url, _ = standin
     path = tmp_path / "usage.json"
-    local = dataclasses.replace(settings, gateway_usage_file=str(path))
+    local = dataclasses.replace(settings, gateway_usage_file=str(path), ollama_model_list=("llama3.2",))
     served = await serve_gateway(create_app(InProcessBackend(OllamaRelay(url)), local))
     async with aiohttp.ClientSession() as http:
         async with http.post(served.url + "/ollama/api/chat", json=CHAT) as response:
@@ -82,3 +82,15 @@ async def test_local_mode_keeps_usage_in_a_file_a_restarted_gateway_reads(standi
         finally:
             await again.runner.cleanup()
     assert report["tokens"] == [{"key": "(no key)", "model": "llama3.2:latest", "prompt": 12, "completion": 8}]
+
+
+async def test_a_model_the_garden_does_not_know_is_recorded_as_other(keyed, standin):
+    _, state = standin
+    async with aiohttp.ClientSession() as http:
+        for model in ("llama3.2", "made-up-1", "made-up-2"):
+            body = {**CHAT, "model": model}
+            async with http.post(keyed + "/ollama/api/chat", json=body, headers={"Authorization": "Bearer sk-owner"}) as response:
+                await response.read()
+        async with http.get(keyed + "/garden/usage", headers={"Authorization": "Bearer sk-owner"}) as response:
+            report = await response.json()
+    assert {t["model"] for t in report["tokens"]} <= {"llama3.2:latest", "other"}

@@ -39,7 +39,7 @@ async def chat(http: aiohttp.ClientSession, url: str, key: str, agent: str = "ga
 
 @pytest.fixture
 async def metered(make_modal_garden):
-    garden = await make_modal_garden(metered=FAST, scaledown=0.8, gateway_api_keys=KEYS)
+    garden = await make_modal_garden(metered=FAST, scaledown=0.8, gateway_api_keys=KEYS, ollama_model_list=("llama3.2",))
     garden.method.start_delay = 0.3
     garden.state.token_delay = 0.04  # 8 tokens: a request lasts about a third of a second
     return garden
