@@ -8,7 +8,8 @@ Faithful where the design depends on it (read from the installed modal 1.6 sourc
   the caller skips the frame indices it already has, as modal's client does
   (`detached_call`).
 - `get_current_stats.aio()`: a control-plane read that creates no input and starts no
-  container; `num_total_runners` counts containers up, busy or idle (a starting one too).
+  container; `num_total_runners` (the server's `num_total_tasks`) counts the function's
+  containers, busy or idle; the seam counts one from the moment it is started for an input.
 - With a `scaledown` window, a container that has run no input for that long exits
   (Modal's `scaledown_window`); the seam keeps its own count of container-seconds.
 - `modal.Dict`: values are pickled; `get` returns the default for a missing key.
