@@ -31,3 +31,22 @@ def test_the_always_warm_gateway_costs_cents_a_day():
 )
 def test_warm_hours_a_week(schedule, hours):
     assert warm_hours_per_week(schedule) == hours
+
+
+def test_the_gateways_estimates_use_the_same_table_or_gateway_gpu_prices():
+    from config import load_settings
+    from proxy.prices import price_per_hour
+
+    assert price_per_hour("A100-80GB") == 2.50 and price_per_hour("H100:2") == pytest.approx(7.90)
+    assert price_per_hour("ANY") == 0.0  # no price known: counted as GPU time, estimated at nothing
+    overrides = dict(load_settings({"GATEWAY_GPU_PRICES": '{"a100-80gb": 2.3, "ANY": 3.95}'}).gateway_gpu_prices)
+    assert price_per_hour("A100-80GB:2", overrides) == pytest.approx(4.6) and price_per_hour("L4", overrides) == 0.80
+    assert price_per_hour("ANY", overrides) == 3.95
+
+
+@pytest.mark.parametrize("raw", ['{"A100": -1}', '{"TPU": 1}', "[2.5]", '{"L4": "cheap"}', "nope"])
+def test_a_bad_price_override_fails_at_start_naming_the_variable(raw):
+    from config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="GATEWAY_GPU_PRICES"):
+        load_settings({"GATEWAY_GPU_PRICES": raw})
