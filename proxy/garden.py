@@ -54,6 +54,7 @@ def runners_of(method: Any) -> Runners:
 
 class Garden:
     COLD_STARTS_KEPT = 20
+    SYNC_TIMEOUT = 10.0  # seconds the usage store may take at start before the gateway listens without it
 
     def __init__(
         self,
@@ -87,7 +88,8 @@ class Garden:
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         try:
-            await self.ledger.sync()  # what earlier gateways spent counts from the first request
+            async with asyncio.timeout(self.SYNC_TIMEOUT):  # the gateway must listen soon
+                await self.ledger.sync()  # what earlier gateways spent counts from the first request
         except Exception as exc:  # noqa: BLE001 (a store that cannot be read must not stop the gateway)
             log.error("usage store unreadable at start (%s: %s): budgets count from zero until it is", type(exc).__name__, exc)
         self._tasks = [asyncio.ensure_future(self._sync_loop())]
@@ -101,7 +103,8 @@ class Garden:
         self._tasks = []
         self.meter.catch_up(self.clock())
         try:
-            await self.ledger.sync()
+            async with asyncio.timeout(self.SYNC_TIMEOUT):
+                await self.ledger.sync()
         except Exception as exc:  # noqa: BLE001
             log.warning("usage not written at stop: %s: %s", type(exc).__name__, exc)
 
@@ -109,7 +112,8 @@ class Garden:
         while True:
             await asyncio.sleep(self.sync_interval)
             try:
-                await self.ledger.sync()
+                async with asyncio.timeout(self.SYNC_TIMEOUT):
+                    await self.ledger.sync()
             except Exception as exc:  # noqa: BLE001 (tried again at the next interval)
                 log.warning("usage store sync failed: %s: %s", type(exc).__name__, exc)
 

@@ -106,3 +106,27 @@ async def test_idle_pools_are_sampled_rarely_and_a_page_poll_reads_nothing_from_
             async with http.get(garden.url + "/garden/usage") as response:
                 assert response.status == 200
     assert garden.method.stats_reads == 1 and garden.method.calls == []
+
+
+class SlowStore:
+    """A usage store that never answers (a Dict that hangs)."""
+
+    async def items(self):
+        await asyncio.sleep(3600)
+
+    async def put(self, key, value):
+        await asyncio.sleep(3600)
+
+    async def pop(self, key):
+        await asyncio.sleep(3600)
+
+
+async def test_a_store_that_hangs_does_not_keep_the_gateway_from_listening(make_modal_garden, monkeypatch):
+    from proxy.garden import Garden
+
+    monkeypatch.setattr(Garden, "SYNC_TIMEOUT", 0.2)
+    garden = await asyncio.wait_for(make_modal_garden(metered={**FAST, "store": SlowStore()}), 5)
+    garden.garden.SYNC_TIMEOUT = 0.2  # for its stop too, after monkeypatch is undone
+    async with aiohttp.ClientSession() as http:
+        async with http.get(garden.url + "/garden/usage") as response:
+            assert response.status == 200
