@@ -5,7 +5,6 @@ container counts, attributed to keys, counted in metrics."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 
