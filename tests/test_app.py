@@ -74,7 +74,8 @@ async def test_unknown_gateway_path_is_json_404(start_gateway, http):
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("GET", "/", {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/chat"}),
+        # (GET / is the garden's page: tests/test_dashboard.py)
+        ("GET", "/index.html", {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/chat"}),
         ("POST", "/api/chat", {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/chat"}),
         ("GET", "/api/tags", {"error": "not found: Ollama's API is under /ollama/, e.g. /ollama/api/tags"}),
         ("POST", "/v1/chat/completions", {"error": {
