@@ -256,6 +256,7 @@ class Garden:
         gpu = CounterMetricFamily("garden_gpu_seconds", "GPU container-seconds of each pool, measured by this gateway", labels=["pool", "gpu"])
         by_key = CounterMetricFamily("garden_gpu_seconds_by_key", f"Container-seconds attributed to keys ({WARM}: no key caused them)", labels=["key", "pool"])
         dollars = CounterMetricFamily("garden_gpu_cost_dollars", f"Estimated GPU cost (prices as of {PRICES_AS_OF}, {PRICES_SOURCE})", labels=["pool", "gpu"])
+        dollars_by_key = CounterMetricFamily("garden_gpu_cost_dollars_by_key", "Estimated GPU cost attributed to keys", labels=["key", "pool"])
         colds = CounterMetricFamily("garden_cold_starts", "Requests that waited for their GPU container to start, by pool and key", labels=["pool", "key"])
         for name, pool in self.meter.pools.items():
             if self.measured:
@@ -263,9 +264,10 @@ class Garden:
                 dollars.add_metric([name, pool.gpu], pool.seconds * self.prices.get(name, 0.0) / 3600)
             for key, seconds in pool.by_key.items():
                 by_key.add_metric([key, name], seconds)
+                dollars_by_key.add_metric([key, name], seconds * self.prices.get(name, 0.0) / 3600)
         for (pool, key), count in self.cold_start_counts.items():
             colds.add_metric([pool, key], count)
-        yield from (gpu, by_key, dollars, colds)
+        yield from (gpu, by_key, dollars, dollars_by_key, colds)
 
 
 class MeteredBackend:

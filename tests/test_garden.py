@@ -69,6 +69,8 @@ async def test_gpu_seconds_match_the_seams_container_seconds_and_keys_shares_add
     assert by_key["alice"] > 0.3 and by_key["bob"] > 0.8  # bob: his own wake-up and its idle tail
     assert sum(by_key.values()) == pytest.approx(measured, rel=1e-6)
     assert metric(text, "garden_gpu_cost_dollars_total", gpu="A100-40GB", pool="default") == pytest.approx(measured * 2.10 / 3600, rel=1e-6)
+    dollars = {key: metric(text, "garden_gpu_cost_dollars_by_key_total", key=key, pool="default") for key in ("alice", "bob")}
+    assert dollars == pytest.approx({key: by_key[key] * 2.10 / 3600 for key in ("alice", "bob")}, rel=1e-6)
     # Each cold start names the key that caused it, with model, route, client and wait.
     assert metric(text, "garden_cold_starts_total", key="alice", pool="default") == 1
     assert metric(text, "garden_cold_starts_total", key="bob", pool="default") == 1
