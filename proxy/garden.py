@@ -302,6 +302,10 @@ class _Metered:
         self.served_by, self.cold_start, self.pool = response.served_by, response.cold_start, response.pool
         self._ended = False
 
+    @property
+    def reruns(self) -> int:  # counted while the body is sent (preemptions)
+        return self._response.reruns
+
     async def send_body(self, sink: BodySink) -> None:
         await self._response.send_body(sink)
 

@@ -131,3 +131,15 @@ async def test_a_store_that_hangs_does_not_keep_the_gateway_from_listening(make_
     async with aiohttp.ClientSession() as http:
         async with http.get(garden.url + "/garden/usage") as response:
             assert response.status == 200
+
+
+async def test_a_preempted_run_is_metered_as_one_request_that_ends(metered, caplog):
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    metered.method.preempt(1)  # the first run dies after its head; Modal runs it again elsewhere
+    async with aiohttp.ClientSession() as http:
+        await chat(http, metered.url, "sk-alice")
+    pool = metered.garden.meter.pools["default"]
+    assert not pool.in_flight and pool.waking == 0 and pool.last_key == "alice"
+    assert len(metered.method.runs) >= 2  # the preempted run and what replaced it
+    [line] = [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
+    assert '"reruns":1' in line
