@@ -112,10 +112,16 @@ def observe(metrics: Metrics, garden: Garden) -> Middleware:
 
 
 def access_guard(
-    settings: Settings, loopback_only: bool, public: frozenset[web.AbstractResource], garden: Garden, own_usage: frozenset[web.AbstractResource] = frozenset()
+    settings: Settings,
+    loopback_only: bool,
+    public: frozenset[web.AbstractResource],
+    garden: Garden,
+    own_usage: frozenset[web.AbstractResource] = frozenset(),
+    public_get: frozenset[web.AbstractResource] = frozenset(),
 ) -> Middleware:
     """Host, browser origin, API key, request body headers and read-only mode, checked
-    in that order before any body is read, for every route but the `public` ones.
+    in that order before any body is read, for every route but the `public` ones (and
+    GET on the `public_get` ones: the garden page; a keyless HEAD / still gets its 401).
 
     Decided on the route the router matched (the decoded path), never on the raw path:
     `/%6detrics` is /metrics to the router, so it is /metrics here too. Preflights pass:
@@ -131,7 +137,8 @@ def access_guard(
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.method == "OPTIONS" or request.match_info.route.resource in public:
+        resource = request.match_info.route.resource
+        if request.method == "OPTIONS" or resource in public or (request.method == "GET" and resource in public_get):
             return await handler(request)
         family = _family(request)
         if loopback_only and not is_loopback_host(request.host):
@@ -333,9 +340,11 @@ def create_app(
     page_routes, usage_routes = add_garden_routes(app, garden, continue_after_checks)
     routes += page_routes + usage_routes
     # Everything else is behind the guard; the page holds nothing and asks for a key.
-    public = frozenset({health_route.resource} | {route.resource for route in page_routes})
+    public = frozenset({health_route.resource})
+    page = frozenset(route.resource for route in page_routes)
     own_usage = frozenset(route.resource for route in usage_routes)
-    app.middlewares.extend([observe(metrics, garden), json_errors, access_guard(settings, loopback_only, public, garden, own_usage)])
+    guard = access_guard(settings, loopback_only, public, garden, own_usage, public_get=page)
+    app.middlewares.extend([observe(metrics, garden), json_errors, guard])
     setup_cors(app, settings.gateway_cors_origins, routes)
     # After CORS, so its preflight routes match OPTIONS first: other methods get a 405
     # with Allow, other paths a 404, both made JSON by json_errors.

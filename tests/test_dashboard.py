@@ -94,3 +94,13 @@ async def test_a_model_the_garden_does_not_know_is_recorded_as_other(keyed, stan
         async with http.get(keyed + "/garden/usage", headers={"Authorization": "Bearer sk-owner"}) as response:
             report = await response.json()
     assert {t["model"] for t in report["tokens"]} <= {"llama3.2:latest", "other"}
+
+
+async def test_only_get_makes_the_page_public_a_keyless_head_is_refused(keyed):
+    async with aiohttp.ClientSession() as http:
+        async with http.head(keyed + "/") as response:
+            assert response.status == 401  # as any keyless request (Claude Code sends one at start)
+        async with http.head(keyed + "/", headers={"Authorization": "Bearer sk-owner"}) as response:
+            assert response.status == 200 and response.content_type == "text/html"
+        async with http.post(keyed + "/", headers={"Authorization": "Bearer sk-owner"}) as response:
+            assert response.status == 405
