@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import ollama
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from aiohttp import web
 
 from backend.cancel import LocalStopSignals
@@ -17,6 +18,7 @@ from backend.catalog import DictCatalog
 from backend.relay import OllamaRelay
 from backend.service import OllamaService
 from config import Settings
+from proxy import forward
 from proxy.app import create_app
 from proxy.server import start_site
 from proxy.catalog import CatalogBackend, StoredResponse, containers_up
@@ -257,3 +259,21 @@ async def raw_upstream() -> AsyncIterator[Callable[[Handler], Awaitable[tuple[st
     for server in servers:
         server.close()
         await server.wait_closed()
+
+
+@pytest.fixture
+def fast_keepalive(monkeypatch) -> None:
+    """Keep-alive bytes every 0.3 s instead of 5 s, so slow starts are tested in seconds."""
+    monkeypatch.setattr(forward, "KEEPALIVE_INTERVAL", 0.3)
+
+
+async def scraped_tokens(gateway: str, headers: dict[str, str]) -> dict[tuple[str, str, str], float]:
+    """garden_tokens_total from the gateway's /metrics, by (key, model, kind)."""
+    async with aiohttp.ClientSession() as http, http.get(gateway + "/metrics", headers=headers) as response:
+        text = await response.text()
+    return {
+        (s.labels["key"], s.labels["model"], s.labels["kind"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "garden_tokens_total"
+    }

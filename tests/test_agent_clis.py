@@ -15,25 +15,22 @@ from pathlib import Path
 import pytest
 
 from backend.relay import OllamaRelay
-from proxy import forward
 from proxy.transport import InProcessBackend
 from tests.ollama_standin import tokens
 
 BIN = Path(__file__).parent / "agents" / "node_modules" / ".bin"
 CLAUDE, CODEX = BIN / "claude", BIN / "codex"
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (CLAUDE.exists() and CODEX.exists()),
-    reason="needs node and `npm ci --prefix tests/agents` (Claude Code and Codex)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("node") is None or not (CLAUDE.exists() and CODEX.exists()),
+        reason="needs node and `npm ci --prefix tests/agents` (Claude Code and Codex)",
+    ),
+    pytest.mark.usefixtures("fast_keepalive"),
+]
 
 KEY = "sk-agent-test"
 REPLY = "".join(tokens(8))  # the stand-in's answer: 8 tokens
 EARLY, START = 1.0, 3.0
-
-
-@pytest.fixture(autouse=True)
-def fast_keepalive(monkeypatch):
-    monkeypatch.setattr(forward, "KEEPALIVE_INTERVAL", 0.3)
 
 
 @pytest.fixture

@@ -15,12 +15,11 @@ import anthropic
 import openai
 import pytest
 import zstandard
-from prometheus_client.parser import text_string_to_metric_families
 
 from backend.relay import OllamaRelay
 from config import KeyPolicy
-from proxy import forward
 from proxy.transport import InProcessBackend
+from tests.conftest import scraped_tokens
 from tests.ollama_standin import tokens
 
 KEYS = ("alice:sk-alice-secret", "bob:sk-bob-secret")
@@ -31,9 +30,7 @@ EARLY = 1.0  # GATEWAY_EARLY_HEAD_S=1
 START = 2.0  # a cold start longer than EARLY
 
 
-@pytest.fixture(autouse=True)
-def fast_keepalive(monkeypatch):
-    monkeypatch.setattr(forward, "KEEPALIVE_INTERVAL", 0.3)
+pytestmark = pytest.mark.usefixtures("fast_keepalive")
 
 
 @pytest.fixture
@@ -62,14 +59,7 @@ def codex(gateway: str, key: str = "sk-alice-secret") -> openai.AsyncOpenAI:
 
 
 async def counted_tokens(gateway: str) -> dict[tuple[str, str, str], float]:
-    async with aiohttp.ClientSession() as http, http.get(gateway + "/metrics", headers={"X-API-Key": "sk-alice-secret"}) as response:
-        text = await response.text()
-    return {
-        (s.labels["key"], s.labels["model"], s.labels["kind"]): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "garden_tokens_total"
-    }
+    return await scraped_tokens(gateway, {"X-API-Key": "sk-alice-secret"})
 
 
 async def test_the_anthropic_sdk_warm_and_its_tokens_counted(shared):

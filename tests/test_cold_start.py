@@ -15,7 +15,6 @@ import openai
 import pytest
 
 from backend.relay import OllamaRelay
-from proxy import forward
 from proxy.transport import InProcessBackend
 from tests.conftest import wait_for
 
@@ -25,9 +24,7 @@ CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
 REPLY_TOKENS = 8
 
 
-@pytest.fixture(autouse=True)
-def fast_keepalive(monkeypatch):
-    monkeypatch.setattr(forward, "KEEPALIVE_INTERVAL", 0.3)
+pytestmark = pytest.mark.usefixtures("fast_keepalive")
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from backend.relay import OllamaRelay
 from config import ConfigError, KeyPolicy, load_settings
 from proxy.policy import Limits, ModelRules, filter_listing, reported_tokens
 from proxy.transport import InProcessBackend
+from tests.conftest import scraped_tokens
 
 KEYS = ("alice:sk-alice-secret", "bob:sk-bob-secret", "sk-bare-secret")
 POLICY = (
@@ -40,14 +41,7 @@ def auth(key: str) -> dict[str, str]:
 
 
 async def tokens(gateway: str) -> dict[tuple[str, str, str], float]:
-    async with aiohttp.ClientSession() as http, http.get(gateway + "/metrics", headers=auth("sk-alice-secret")) as response:
-        text = await response.text()
-    return {
-        (s.labels["key"], s.labels["model"], s.labels["kind"]): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "garden_tokens_total"
-    }
+    return await scraped_tokens(gateway, auth("sk-alice-secret"))
 
 
 async def test_tokens_are_counted_per_key_name_and_model_from_what_ollama_reports(shared, caplog, ollama_clients):

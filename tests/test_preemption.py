@@ -8,7 +8,6 @@ would go on with the rest of a second generation. The stand-in numbers its gener
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re

@@ -10,7 +10,6 @@ import os
 import re
 import sys
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backend.summary import deploy_summary
