@@ -163,6 +163,15 @@ def _model_of(body: dict) -> str:
     return body.get("model") or body.get("name") or ""
 
 
+async def _native_request(request: web.Request) -> tuple[dict, str] | web.Response:
+    """A native handler's body and the model it names, or Ollama's 400."""
+    body = await _json_body(request)
+    if isinstance(body, web.Response):
+        return body
+    model = _model_of(body)
+    return (body, model) if model else _error(400, "model is required")
+
+
 def _canonical(name: str) -> str:
     """Ollama's name rules, simply: the default host and `library/` namespace are optional,
     the tag defaults to `latest`, and case does not matter."""
@@ -244,12 +253,10 @@ def _durations(count: int) -> dict:
 async def generate_or_chat(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
     chat = request.path == "/api/chat"
-    body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
-    model = _model_of(body)
-    if not model:
-        return _error(400, "model is required")
+    read = await _native_request(request)
+    if isinstance(read, web.Response):
+        return read
+    body, model = read
     if not _known(state, model):
         return _error(404, f"model '{model}' not found")
     await _loading(state)
@@ -278,12 +285,10 @@ async def generate_or_chat(request: web.Request) -> web.StreamResponse:
 
 async def pull(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
-    body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
-    model = _model_of(body)
-    if not model:
-        return _error(400, "model is required")
+    read = await _native_request(request)
+    if isinstance(read, web.Response):
+        return read
+    body, model = read
     digest = "sha256:" + hashlib.sha256(model.encode()).hexdigest()
     total = 4_000_000
     if model in state.fail_pull:
@@ -302,12 +307,10 @@ async def pull(request: web.Request) -> web.StreamResponse:
 
 async def delete(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
-    model = _model_of(body)
-    if not model:
-        return _error(400, "model is required")
+    read = await _native_request(request)
+    if isinstance(read, web.Response):
+        return read
+    body, model = read
     if not _known(state, model):
         return _error(404, f"model '{model}' not found")
     state.models.remove(_find(state, model))
@@ -528,12 +531,10 @@ async def openai_responses(request: web.Request) -> web.StreamResponse:
 async def create_or_push(request: web.Request) -> web.StreamResponse:
     """/api/create and /api/push: progress lines, NDJSON unless "stream": false."""
     state = request.app[STATE_KEY]
-    body = await _json_body(request)
-    if isinstance(body, web.Response):
-        return body
-    model = _model_of(body)
-    if not model:
-        return _error(400, "model is required")
+    read = await _native_request(request)
+    if isinstance(read, web.Response):
+        return read
+    body, model = read
     if request.path == "/api/push":
         if not _known(state, model):
             return _error(404, f"model '{model}' not found")
