@@ -20,10 +20,12 @@ The OpenAI and Anthropic routes are also read by Ollama's cloud pass-through, wh
 looks up the exact key `model` (a Go map: case-sensitive, last wins) and sends a cloud
 model's request elsewhere: a model named that way is one more model the request uses.
 
-Bounded cost: nested values (messages, tools, images) are skipped by one regular
-expression each, never built as objects, so a body costs memory in proportion to its
-top-level keys, whatever it holds. Nesting deeper than `MAX_DEPTH` is not followed: such
-a body is unreadable here (`models` is None), and rules that need its model refuse it.
+Bounded cost: nested values (messages, tools, images) are skipped by a regular
+expression, window by window, never built as objects, so a body costs memory in
+proportion to its top-level keys, whatever it holds, and no single step holds the
+interpreter for long (the gateway reads large bodies in a worker thread). Nesting deeper
+than `MAX_DEPTH` is not followed: such a body is unreadable here (`models` is None), and
+rules that need its model refuse it.
 """
 
 from __future__ import annotations
@@ -148,20 +150,56 @@ _AFTER_VALUE = re.compile(_WS + rb"(?P<next>[,}])")
 MAX_DEPTH = 64  # nesting followed inside one top-level value (Go allows 10,000)
 
 
-def _nested_value(depth: int) -> re.Pattern[bytes]:
-    """One array or object, nested at most `depth` deep, matched without building it.
+_FLAT = rb'[^\[\]{}"]++|"(?:[^"\\]++|\\.)*+"'  # what is not a bracket: runs of anything else, and strings
+_STRING_INSIDE = re.compile(rb'(?:[^"\\]++|\\.)*+', re.S)  # a string's characters, up to its closing quote
 
-    String-aware bracket matching: for a body Go accepts it ends exactly where Go's
-    value ends. It does not check what is inside (a body Go refuses is Ollama's 400
-    whatever the gateway reads from it). Possessive, so it never backtracks."""
-    flat = rb'[^\[\]{}"]++|"(?:[^"\\]++|\\.)*+"'
-    pattern = rb"[\[{](?:" + flat + rb")*+[\]}]"
+
+def _nested_pattern(depth: int) -> bytes:
+    """One array or object, nested at most `depth` deep."""
+    pattern = rb"[\[{](?:" + _FLAT + rb")*+[\]}]"
     for _ in range(depth - 1):
-        pattern = rb"[\[{](?:" + flat + rb"|" + pattern + rb")*+[\]}]"
-    return re.compile(pattern, re.S)
+        pattern = rb"[\[{](?:" + _FLAT + rb"|" + pattern + rb")*+[\]}]"
+    return pattern
 
 
-_NESTED = _nested_value(MAX_DEPTH)
+# Whole items inside an array or object (values, keys, commas, colons), their own nesting
+# at most 0..8 deep. String-aware bracket matching: for a body Go accepts, a value ends
+# exactly where Go's ends; what is inside is not checked (a body Go refuses is Ollama's
+# 400 whatever the gateway reads from it). Possessive, so it never backtracks.
+INNER_DEPTH = 8
+_ITEMS = [re.compile(rb"(?:" + _FLAT + (rb"|" + _nested_pattern(d) if d else b"") + rb")*+", re.S) for d in range(INNER_DEPTH + 1)]
+# One match covers at most this much of a body, so one call into the regular expression
+# engine (which holds the GIL) stays short however large or odd the body is.
+WINDOW = 256 * 1024
+
+
+def _skip_nested(body: bytes, at: int, depth: int = 1) -> int:
+    """The end of the array or object at `at` (nested `depth` deep), found window by
+    window without building it. Items larger than a window are skipped one level down."""
+    if depth > MAX_DEPTH:
+        raise _Unreadable()
+    end = len(body)
+    at += 1  # the opening bracket
+    while True:
+        at = _ITEMS[min(INNER_DEPTH, MAX_DEPTH - depth)].match(body, at, min(end, at + WINDOW)).end()
+        if at >= end:
+            raise _Refused("unexpected end of JSON input")
+        next_byte = body[at]
+        if next_byte in (0x5D, 0x7D):  # ] }
+            return at + 1
+        if next_byte in (0x5B, 0x7B):  # [ {: an item that did not fit the window, or nests deeper
+            at = _skip_nested(body, at, depth + 1)
+        elif next_byte == 0x22:  # a string longer than the window (an image): window by window too
+            at += 1
+            while at < end and body[at] != 0x22:
+                if body[at] == 0x5C:  # an escape the window's end cut: the backslash and what it escapes
+                    at += 2
+                else:
+                    at = _STRING_INSIDE.match(body, at, min(end, at + WINDOW)).end()
+            if at >= end:
+                raise _Refused("unexpected end of JSON input")
+            at += 1
+        # else a run without brackets or quotes that goes past the window: the next one goes on
 
 
 class _Unreadable(Exception):
@@ -195,12 +233,7 @@ def _scalar(match: re.Match[bytes]) -> tuple[str, object]:
 def _value(body: bytes, at: int) -> tuple[int, str, object]:
     """The value at `at`: (its end, its JSON kind, its value as `_scalar` gives it)."""
     if body[at : at + 1] in (b"[", b"{"):
-        match = _NESTED.match(body, at)
-        if match is None:
-            if body.count(b"[", at) + body.count(b"{", at) > MAX_DEPTH:
-                raise _Unreadable()
-            raise _Refused("invalid nested value")
-        return match.end(), "array" if body[at] == 0x5B else "object", None
+        return _skip_nested(body, at), "array" if body[at] == 0x5B else "object", None
     match = _SCALAR_ALONE.match(body, at)
     if match is None:
         raise _Refused("invalid character looking for beginning of value")

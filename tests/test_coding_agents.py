@@ -277,3 +277,17 @@ async def test_a_zstd_bomb_is_refused_at_the_cap_and_other_routes_keep_415(stand
         async with http.post(gateway + "/ollama/v1/responses", data=gzip.compress(b"{}"), headers={"Content-Encoding": "br"}) as response:
             assert response.status == 415
     assert state.seen == []
+
+
+async def test_a_decompressed_body_stops_at_ollamas_20_mb_whatever_the_gateway_allows(standin, start_gateway):
+    # Ollama's ResponsesMiddleware reads at most 20 MB of a zstd body: a bigger one is
+    # refused here, before it costs the gateway more memory or reading.
+    url, state = standin
+    gateway = await start_gateway(InProcessBackend(OllamaRelay(url)), gateway_max_body_mb=100)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway + "/ollama/v1/responses", data=zstd_bomb(21), headers={"Content-Encoding": "zstd"}) as response:
+            assert response.status == 413
+            assert (await response.json())["error"]["message"].startswith("request body over 20 MB (decompressed: Ollama reads no more)")
+        async with http.post(gateway + "/ollama/v1/responses", data=zstd_bomb(19), headers={"Content-Encoding": "zstd"}) as response:
+            assert response.status == 200
+    assert [seen.path for seen in state.seen] == ["/v1/responses"]

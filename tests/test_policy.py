@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 
 import aiohttp
 import ollama
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backend.relay import OllamaRelay
 from config import ConfigError, KeyPolicy, load_settings
+from proxy import forward
 from proxy.policy import Limits, ModelRules, filter_listing, reported_tokens
 from proxy.transport import InProcessBackend
 from tests.conftest import scraped_tokens
@@ -346,3 +348,23 @@ async def test_token_labels_are_the_model_that_ran_and_never_a_new_series(garden
         text = await response.text()
     labels = {(s.labels["key"], s.labels["model"]) for f in text_string_to_metric_families(text) for s in f.samples if s.name == "garden_tokens_total"}
     assert labels == {("owner", "tiny:latest"), ("owner", "other")}
+
+
+async def test_a_large_body_is_read_off_the_event_loop(garden_with_a_partner, http, monkeypatch):
+    # Reading a large body costs CPU in proportion to it: in a worker thread, so health
+    # checks and every other stream go on meanwhile (bench/BODY_MEMORY.md has the figures).
+    threads = []
+    real = forward.read_request
+
+    def recording(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(forward, "read_request", recording)
+    gateway, _ = garden_with_a_partner
+    small = {"model": "tiny", "messages": MESSAGES, "stream": False}
+    large = {**small, "pad": "x" * (2 * forward.READ_INLINE_LIMIT)}
+    for body in (small, large):
+        async with http.post(gateway + "/ollama/api/chat", json=body, headers=auth(PARTNER)) as response:
+            assert response.status == 200
+    assert threads[0] == threading.current_thread().name and threads[1].startswith("body-reader")

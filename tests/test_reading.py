@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy import reading
 from proxy.reading import BOOL_POINTER, HANDLERS, MAX_DEPTH, go_fold, read_request
 from tests import go_json
 
@@ -78,6 +79,15 @@ def test_what_ollama_refuses_is_known_to_be_refused():
 def test_invalid_utf8_is_replaced_as_go_replaces_it():
     assert models("/api/chat", b'{"model":"a\xe2\x82b"}') == ("a\ufffd\ufffdb",)
     assert models("/api/chat", b'{"model":"a\\ud800b"}') == ("a\ufffdb",)
+
+
+def test_large_values_are_skipped_window_by_window():
+    image = b'"' + b"A" * (3 * reading.WINDOW) + b'"'
+    escaped = b'"' + b"\\\"" * reading.WINDOW + b'"'
+    structure = b"[" + b"[[[[[[[[[1]]]]]]]]]," * (reading.WINDOW // 10) + b"1]"
+    for value in (image, escaped, structure, b"[" + image + b"," + structure + b"]"):
+        assert models("/api/chat", b'{"messages":' + value + b',"model":"tiny"}') == ("tiny",)
+    assert read_request("POST", "/api/chat", b'{"model":"tiny","x":["' + b"a" * reading.WINDOW + b"\\").error is not None
 
 
 def test_deep_nesting_is_unreadable_not_guessed():
@@ -190,7 +200,10 @@ def _compare(route: str, body: bytes, go_error: bool, values: dict[str, object],
         assert bool(reading.stream) == bool(values.get("stream")), (route, body)
 
 
-def test_generated_bodies_read_as_the_python_reference_reads_them():
+@pytest.mark.parametrize("window", [reading.WINDOW, 7, 2, 1])
+def test_generated_bodies_read_as_the_python_reference_reads_them(window, monkeypatch):
+    # Small windows put every bracket, escape and string edge across a window's end.
+    monkeypatch.setattr(reading, "WINDOW", window)
     for route, body in CASES:
         try:
             values, error = go_json.decode(body, _route_fields(route)), False
