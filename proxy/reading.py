@@ -40,6 +40,7 @@ from typing import NamedTuple
 STRING = "string"
 BOOL = "bool"  # null keeps the value (false unless set)
 BOOL_POINTER = "*bool"  # null resets it to unset (Ollama then streams)
+MAP = "map"  # a JSON object; null resets it
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class Handler:
     # Each group names one model: its first non-empty field (Go's cmp.Or(req.Model, req.Name)).
     models: tuple[tuple[str, ...], ...] = (("model",),)
     cloud_pass_through: bool = False  # Ollama's cloudPassthroughMiddleware reads an exact "model" key first
+    # Fields that, set, make the request use weights the gateway cannot name: blobs by
+    # digest (any model's, in the shared store) or another host's model.
+    unnamed_sources: tuple[str, ...] = ()
 
 
 _MODEL = {"model": STRING}
@@ -68,7 +72,11 @@ HANDLERS: dict[tuple[str, str], Handler] = {
     ("POST", "/api/pull"): Handler(_BY_NAME, (("model", "name"),)),
     ("POST", "/api/push"): Handler(_BY_NAME, (("model", "name"),)),
     ("DELETE", "/api/delete"): Handler({"model": STRING, "name": STRING}, (("model", "name"),)),
-    ("POST", "/api/create"): Handler({**_BY_NAME, "from": STRING}, (("model", "name"), ("from",))),
+    ("POST", "/api/create"): Handler(
+        {**_BY_NAME, "from": STRING, "files": MAP, "adapters": MAP, "draft_files": MAP, "remote_host": STRING},
+        (("model", "name"), ("from",)),
+        unnamed_sources=("files", "adapters", "draft_files", "remote_host"),
+    ),
     ("POST", "/api/copy"): Handler({"source": STRING, "destination": STRING}, (("source",), ("destination",))),
     ("POST", "/v1/chat/completions"): Handler({"model": STRING, "stream": BOOL}, cloud_pass_through=True),
     ("POST", "/v1/completions"): Handler({"model": STRING, "stream": BOOL}, cloud_pass_through=True),
@@ -243,7 +251,9 @@ def _value(body: bytes, at: int) -> tuple[int, str, object]:
 def _decoded(name: str, kind: str, value: object, go_type: str, current: object) -> object:
     """A field's value after one more occurrence of its key (Go's assignment rules)."""
     if kind == "null":
-        return None if go_type == BOOL_POINTER else current
+        return None if go_type in (BOOL_POINTER, MAP) else current
+    if go_type == MAP and kind == "object":
+        return True  # present: what it holds is not read
     if go_type == STRING and kind == "string":
         return go_string(value)  # type: ignore[arg-type]
     if go_type in (BOOL, BOOL_POINTER) and kind == "bool":
@@ -322,6 +332,8 @@ def read_body(handler: Handler, body: bytes) -> Reading:
         return Reading(models=None)
     except IndexError:  # the body ended inside the object
         return Reading(models=None, error="Ollama cannot decode this request body: unexpected end of JSON input")
+    if any(values.get(name) for name in handler.unnamed_sources):
+        return Reading(True, None, values.get("stream"), False, other_keys)  # type: ignore[arg-type]
     models = []
     for group in handler.models:
         named = next((values[name] for name in group if values.get(name)), None)

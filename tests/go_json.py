@@ -12,7 +12,7 @@ import codecs
 import json
 import re
 
-STRING, BOOL, BOOL_POINTER = "string", "bool", "*bool"
+STRING, BOOL, BOOL_POINTER, MAP = "string", "bool", "*bool", "map"
 
 # Go's foldName: ASCII letters to upper case; the only non-ASCII runes whose simple-fold
 # orbit holds an ASCII letter are U+017F (s) and U+212A (k).
@@ -75,10 +75,12 @@ def decode(body: bytes, fields: dict[str, str]) -> dict[str, object]:
             continue
         kind = fields[name]
         if item is None:
-            if kind == BOOL_POINTER:
+            if kind in (BOOL_POINTER, MAP):
                 result.pop(name, None)
             continue
-        if (kind == STRING and isinstance(item, str)) or (kind != STRING and isinstance(item, bool)):
+        if kind == MAP and isinstance(item, list) and all(isinstance(p, tuple) for p in item):
+            result[name] = True  # an object (what it holds is not compared)
+        elif (kind == STRING and isinstance(item, str)) or (kind in (BOOL, BOOL_POINTER) and isinstance(item, bool)):
             result[name] = _strings_as_go(item)
         elif error is None:
             error = f"json: cannot unmarshal into Go struct field .{name} of type {kind}"

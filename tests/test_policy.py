@@ -368,3 +368,25 @@ async def test_a_large_body_is_read_off_the_event_loop(garden_with_a_partner, ht
         async with http.post(gateway + "/ollama/api/chat", json=body, headers=auth(PARTNER)) as response:
             assert response.status == 200
     assert threads[0] == threading.current_thread().name and threads[1].startswith("body-reader")
+
+
+BLOB = "sha256:" + "ab" * 32  # a digest in the shared store: any model's weights
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "tiny", "files": {"model.gguf": BLOB}},
+        {"model": "tiny", "from": "tiny", "adapters": {"lora.gguf": BLOB}},
+        {"model": "tiny", "files": {"model.gguf": BLOB}, "draft_files": {"d.gguf": BLOB}},
+        {"model": "tiny", "from": "tiny", "remote_host": "ollama.com"},
+    ],
+)
+async def test_a_limited_key_cannot_build_its_model_from_blobs_or_another_host(garden_with_a_partner, http, body):
+    # Found by review: Ollama builds a model from any blob of the shared store, so a
+    # create with files or adapters could give `tiny` another model's weights.
+    gateway, state = garden_with_a_partner
+    seen = len(state.seen)
+    async with http.post(gateway + "/ollama/api/create", data=json.dumps(body), headers=auth(PARTNER)) as response:
+        assert response.status == 403
+    assert len(state.seen) == seen

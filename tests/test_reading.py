@@ -56,6 +56,23 @@ def test_the_last_key_in_any_case_wins():
     assert models("/api/chat", b'{"MODEL":"tiny","model":"junk-1"}') == ("junk-1",)
 
 
+def test_a_create_from_blobs_or_another_host_uses_models_the_gateway_cannot_name():
+    # Blobs are content-addressed and shared: a digest may be any model's weights.
+    for body in (
+        b'{"model":"tiny","files":{"model.gguf":"sha256:ab"}}',
+        b'{"model":"tiny","from":"tiny","adapters":{"lora.gguf":"sha256:ab"}}',
+        b'{"model":"tiny","draft_files":{"d.gguf":"sha256:ab"}}',
+        b'{"model":"tiny","from":"tiny","remote_host":"ollama.com"}',
+        b'{"model":"tiny","FILES":{"model.gguf":"sha256:ab"}}',
+        b'{"model":"tiny","files":{"model.gguf":"sha256:ab"},"remote_host":null}',
+    ):
+        reading = read_request("POST", "/api/create", body)
+        assert reading.models is None and reading.error is None, body
+    assert models("/api/create", b'{"model":"tiny","files":{"model.gguf":"sha256:ab"},"files":null}') == ("tiny",)  # null resets a map
+    assert models("/api/create", b'{"model":"tiny","from":"tiny","system":"be brief"}') == ("tiny", "tiny")
+    assert read_request("POST", "/api/create", b'{"model":"tiny","files":5}').error is not None  # Go refuses it
+
+
 def test_nested_keys_are_not_the_request_s():
     body = b'{"messages":[{"role":"user","content":"x","model":"secret-b"}],"model":"tiny","options":{"model":"secret-b"}}'
     assert models("/api/chat", body) == ("tiny",)

@@ -40,10 +40,14 @@ type deleteReq struct {
 	Name  string `json:"name"`
 }
 type create struct {
-	Model  string `json:"model"`
-	Stream *bool  `json:"stream,omitempty"`
-	From   string `json:"from,omitempty"`
-	Name   string `json:"name"`
+	Model      string            `json:"model"`
+	Stream     *bool             `json:"stream,omitempty"`
+	From       string            `json:"from,omitempty"`
+	RemoteHost string            `json:"remote_host,omitempty"`
+	Files      map[string]string `json:"files,omitempty"`
+	DraftFiles map[string]string `json:"draft_files,omitempty"`
+	Adapters   map[string]string `json:"adapters,omitempty"`
+	Name       string            `json:"name"`
 }
 type copyReq struct {
 	Source      string `json:"source"`
