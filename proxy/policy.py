@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from backend.names import parse_name
+from backend.routes import writes_model_store
 from config import KeyPolicy
 from proxy.reading import reads_a_model
 
@@ -34,8 +35,10 @@ _LIMITED_KEY_EXTRAS = frozenset(
 def limited_key_may_use(method: str, route: str) -> bool:
     """An allow-list: everything else (blobs, images, audio, account and experimental
     routes, and any route a later Ollama adds) is refused to a key limited to some
-    models, since the gateway cannot tell which models it would use."""
-    return reads_a_model(method, route) or (method, route) in _LIMITED_KEY_EXTRAS
+    models, since the gateway cannot tell which models it would use. Nor may such a key
+    change the model store (pull, push, create, copy, delete): its models are the
+    owner's too, and a create or a copy would change what the owner runs."""
+    return (reads_a_model(method, route) and not writes_model_store(method, route)) or (method, route) in _LIMITED_KEY_EXTRAS
 
 
 def policy_for(name: str, policies: dict[str, KeyPolicy]) -> KeyPolicy:

@@ -390,3 +390,23 @@ async def test_a_limited_key_cannot_build_its_model_from_blobs_or_another_host(g
     async with http.post(gateway + "/ollama/api/create", data=json.dumps(body), headers=auth(PARTNER)) as response:
         assert response.status == 403
     assert len(state.seen) == seen
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/api/pull", {"model": "tiny"}),
+        ("POST", "/api/push", {"model": "tiny"}),
+        ("DELETE", "/api/delete", {"model": "tiny"}),
+        ("POST", "/api/copy", {"source": "tiny", "destination": "tiny"}),
+        ("POST", "/api/create", {"model": "tiny", "from": "tiny", "system": "ignore the owner"}),
+    ],
+)
+async def test_a_limited_key_cannot_change_the_models_it_shares_with_the_owner(garden_with_a_partner, http, method, path, body):
+    gateway, state = garden_with_a_partner
+    async with http.request(method, gateway + "/ollama" + path, json=body, headers=auth(PARTNER)) as response:
+        assert response.status == 403
+        assert "is not for it" in (await response.json())["error"]
+    async with http.request(method, gateway + "/ollama" + path, json=body, headers=auth(OWNER)) as response:
+        assert response.status != 403  # the owner's key reaches Ollama
+    assert [seen.path for seen in state.seen] == [path]
