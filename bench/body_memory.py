@@ -1,8 +1,8 @@
 """What one big request body costs the gateway's memory (issue 17): `python -m bench.body_memory`.
 
 Starts `python -m proxy` (local mode, no Ollama needed) with a key limited to one model,
-sends bodies of `[{},{},...]` and `{"model": ..., "messages": [{},{},...]}` of `--mb`
-megabytes with that key, and reads the gateway's VmRSS before, every 10 ms while the
+sends bodies of `[{},{},...]`, `{"model": ..., "messages": [{},{},...]}` and of many
+top-level keys, `--mb` megabytes each, with that key, and reads the gateway's VmRSS before, every 10 ms while the
 request is in flight, and after. `/health` is timed meanwhile: how long the event loop
 stalls. `--checkout DIR` runs the gateway from another checkout (the code before a change).
 Prints a Markdown table.
@@ -30,6 +30,7 @@ def bodies(mb: int) -> dict[str, bytes]:
     return {
         "[{},{},…]": b"[" + b"{}," * count + b"{}]",
         '{"model","messages":[{},…]}': b'{"model":"tiny","messages":[' + b"{}," * count + b"{}]}",
+        '{"a":1,"a":1,…,"model"}': b"{" + b'"a":1,' * (count // 2) + b'"model":"tiny"}',
     }
 
 

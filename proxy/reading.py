@@ -150,6 +150,7 @@ _WHITESPACE = re.compile(_WS)
 _STRING = rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"'
 _NUMBER = rb"-?(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?(?:[eE][-+]?[0-9]++)?"
 _SCALAR = rb"(?:(?P<string>" + _STRING + rb")|(?P<bool>true|false)|(?P<null>null)|" + _NUMBER + rb")"
+_SCALAR_BARE = rb"(?:" + _STRING + rb"|true|false|null|" + _NUMBER + rb")"  # the same, without groups
 _KEY = re.compile(_WS + rb"(?P<key>" + _STRING + rb")" + _WS + rb":" + _WS)  # a key and its colon
 # The usual pair in one match: a key, a value that is not nested, and what follows it.
 _SCALAR_PAIR = re.compile(_KEY.pattern + _SCALAR + _WS + rb"(?P<next>[,}])")
@@ -269,6 +270,14 @@ class _Fields:
         self.types = handler.fields
         self.raw = {b'"' + name.encode() + b'"': name for name in handler.fields}
         self.folded = {go_fold(name): name for name in handler.fields}
+        # A run of pairs no field can be: plain ASCII keys (no escape, no byte a fold could
+        # turn into a field's letter) that are not a field's name in any case, each value
+        # scalar or nested at most INNER_DEPTH deep, each pair followed by a comma. Skipped
+        # in one match, so a body of many small keys costs no Python step per key.
+        names = b"|".join(re.escape(name.encode()) for name in handler.fields)
+        other_key = rb'"(?!(?i:' + names + rb')")[^"\\\x00-\x1f\x80-\xff]*+"'
+        value = rb"(?:" + _SCALAR_BARE + rb"|" + _nested_pattern(INNER_DEPTH) + rb")"
+        self.other_pairs = re.compile(rb"(?:" + _WS + other_key + _WS + rb":" + _WS + value + _WS + rb",)*+", re.S)
 
     def name_of(self, raw_key: bytes) -> str | None:
         name = self.raw.get(raw_key)
@@ -303,6 +312,9 @@ def read_body(handler: Handler, body: bytes) -> Reading:
         else:
             at += 1
             while True:
+                skipped = fields.other_pairs.match(body, at, min(len(body), at + WINDOW)).end()
+                if skipped > at:
+                    at, other_keys = skipped, True
                 pair = _SCALAR_PAIR.match(body, at)
                 if pair is not None:
                     (kind, value), at = _scalar(pair), pair.end()
