@@ -165,12 +165,12 @@ if settings.ollama_warm_schedule:
 # --- Gateway: always warm, CPU only -----------------------------------------------------
 # API keys (GATEWAY_API_KEYS, and GATEWAY_KEY_POLICY with them) reach the gateway from a named Secret, or from the
 # deployer's environment (then Modal stores them as a Secret, never in the image).
+# A policy (models, limits, budgets) travels the same way, with or without keys.
 if settings.gateway_api_keys_secret:
     if modal.is_local() and ENVIRONMENT.get("GATEWAY_KEY_POLICY"):
-        raise ConfigError("GATEWAY_KEY_POLICY is set here but the keys come from GATEWAY_API_KEYS_SECRET: put the policy in that secret")
+        sys.exit("configuration error: GATEWAY_KEY_POLICY is set here but the keys come from GATEWAY_API_KEYS_SECRET: put the policy in that secret")
     gateway_secrets = [modal.Secret.from_name(settings.gateway_api_keys_secret)]
-elif settings.gateway_api_keys:
-    from_deployer = {name: ENVIRONMENT[name] for name in ("GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY") if ENVIRONMENT.get(name)}
+elif from_deployer := {name: ENVIRONMENT[name] for name in ("GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY") if ENVIRONMENT.get(name)}:
     gateway_secrets = [modal.Secret.from_dict(from_deployer)]
 else:
     gateway_secrets = []

@@ -12,7 +12,7 @@ from aiohttp.http import HttpVersion11
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from backend.routes import allowed_when_read_only, route_of
-from config import APP_NAME, Settings, api_keys
+from config import APP_NAME, ConfigError, Settings, api_keys
 from proxy.auth import is_loopback_host, key_name, origin_may_call, presented_key
 from proxy.catalog import CatalogBackend, CatalogSource
 from proxy.encodings import decodable
@@ -355,6 +355,12 @@ def create_app(
     app.on_cleanup.append(stop_garden)
     app.on_cleanup.append(close_backend)
 
+    if settings.gateway_api_keys_secret and not settings.gateway_api_keys:
+        # Fail closed: a misspelt or empty variable in the secret must not open the garden.
+        raise ConfigError(
+            f"GATEWAY_API_KEYS_SECRET={settings.gateway_api_keys_secret!r} names a Modal Secret that holds no GATEWAY_API_KEYS: "
+            "put the keys in it under that name (modal secret create ... GATEWAY_API_KEYS=name:key,...)"
+        )
     if not settings.gateway_api_keys:
         log.warning("no GATEWAY_API_KEYS set: the gateway is open to anyone who can reach it")
     else:  # which names were read (never the keys): a typo shows here, not in a 401 later

@@ -55,7 +55,8 @@ def add_routes(app: web.Application, garden: Garden, expect_handler) -> tuple[li
     public = [app.router.add_get(path, serve(path), expect_handler=expect_handler) for path in files]
 
     async def usage(request: web.Request) -> web.Response:
-        report = garden.report(request.get(VIEWER, ""), request.get(SEES_EVERYTHING, True))
+        # Fail closed: only the guard says that a key sees everything.
+        report = garden.report(request.get(VIEWER, ""), request.get(SEES_EVERYTHING, False))
         return web.json_response(report, headers={"Cache-Control": "no-store"})
 
     guarded = [app.router.add_get(USAGE_PATH, usage, expect_handler=expect_handler)]

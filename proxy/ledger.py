@@ -18,6 +18,7 @@ or, by default, memory (`MemoryUsageStore`: lost when the gateway stops).
 from __future__ import annotations
 
 import asyncio
+import copy
 import fcntl
 import json
 import logging
@@ -132,7 +133,8 @@ class SharedLedger(Elsewhere):
         now = self.clock()
         prune(self.own, now)
         self.own["updated"] = now
-        await self.store.put(self.key, self.own)
+        # A copy: Modal pickles the value on its own thread while this loop goes on changing ours.
+        await self.store.put(self.key, copy.deepcopy(self.own))
         others, live, adopted = [], [], False
         for key, record in await self.store.items():
             if key == self.key or not isinstance(record, dict):
@@ -148,7 +150,7 @@ class SharedLedger(Elsewhere):
             live.append(key)
         self.others, self.live = merge(others), live
         if adopted:  # stored at once: it is in no other record now
-            await self.store.put(self.key, self.own)
+            await self.store.put(self.key, copy.deepcopy(self.own))
 
     def _adopt(self, record: Record) -> None:
         merged = merge([self.own, record])

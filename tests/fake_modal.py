@@ -253,13 +253,22 @@ class FakeModalDict:
         return True
 
     async def _put_aio(self, key: Any, value: Any) -> bool:
+        # modal 1.6.4 pickles the value inside the call's coroutine (modal/dict.py, put),
+        # which synchronicity runs on its own thread: later than this call, while the
+        # caller's loop goes on. Yield first, so a caller that hands over a live object
+        # sees it pickled as it is after the loop has moved on.
+        await asyncio.sleep(0)
         return self._put(key, value)
 
-    def _pop(self, key: Any, default: Any = None) -> Any:
-        return pickle.loads(self.data.pop(key)) if key in self.data else default
+    def _pop(self, key: Any, *default: Any) -> Any:
+        if key not in self.data:
+            if default:
+                return default[0]
+            raise KeyError(key)  # as modal.Dict.pop without a default
+        return pickle.loads(self.data.pop(key))
 
-    async def _pop_aio(self, key: Any, default: Any = None) -> Any:
-        return self._pop(key, default)
+    async def _pop_aio(self, key: Any, *default: Any) -> Any:
+        return self._pop(key, *default)
 
     def _items(self) -> list[tuple[Any, Any]]:
         return [(key, pickle.loads(value)) for key, value in list(self.data.items())]

@@ -9,10 +9,11 @@ import logging
 import pytest
 
 from backend.relay import OllamaRelay
+from config import ConfigError, api_keys, load_settings
 from proxy import auth
-from config import api_keys
+from proxy.app import create_app
 from proxy.auth import key_name, presented_key
-from proxy.transport import InProcessBackend
+from proxy.transport import InProcessBackend, UnavailableBackend
 
 KEYS = ("sk-garden-first-key", "sk-garden-second-key")
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -170,3 +171,11 @@ async def test_loopback_only_gateway_refuses_other_host_names(standin, start_gat
     async with http.get(gateway + "/health", headers={"Host": "rebind.evil.example"}) as response:
         assert response.status == 200  # nothing to protect there
     assert len(state.seen) == 1
+
+
+def test_a_key_secret_that_brought_no_keys_fails_closed():
+    # On Modal the keys come from the named Secret: a misspelt or empty variable in it must
+    # stop the gateway, not open it (found by review).
+    settings = load_settings({"GATEWAY_API_KEYS_SECRET": "garden-keys", "API_KEYS": "me:sk-1"})
+    with pytest.raises(ConfigError, match="GATEWAY_API_KEYS_SECRET='garden-keys' names a Modal Secret that holds no GATEWAY_API_KEYS"):
+        create_app(UnavailableBackend("unused"), settings)

@@ -257,6 +257,13 @@ def test_a_key_policy_beside_a_named_secret_is_refused_at_deploy():
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode != 0 and "put the policy in that secret" in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.strip().splitlines()[-1].startswith("configuration error: GATEWAY_KEY_POLICY")
+
+
+def test_a_policy_without_keys_still_reaches_the_gateway():
+    # Budgets and limits with proxy auth (or an open garden): the policy is not left behind.
+    wiring = read_wiring(GATEWAY_PROXY_AUTH="true", GATEWAY_KEY_POLICY='{"*": {"usd_per_day": 5}}')
+    assert wiring["gateway_secrets"] == ["Secret.from_dict([GATEWAY_KEY_POLICY])"]
 
 
 def test_warm_windows_warm_every_pool_that_has_models():
