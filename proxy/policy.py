@@ -144,15 +144,26 @@ class ModelLabels:
     or in the catalog of what the GPU's Ollama holds. Any other name is `other`, so no
     request can create a series."""
 
+    KEPT = 1024  # labels of known models kept, as spelled by clients (bounded: a client picks the spelling)
+
     def __init__(self, configured: tuple[str, ...], catalog: Callable[[], frozenset[str]] = frozenset) -> None:
         self.configured = frozenset(parsed.key for parsed in map(parse_name, configured) if parsed is not None)
         self.catalog = catalog  # the catalog's model keys (Ollama's name rules), read from memory
+        self._known: dict[str, str] = {}  # a spelling -> its label, for models found known once
 
     def label(self, model: str | None) -> str:
-        parsed = parse_name(model) if model else None
+        if not model:
+            return "other"
+        known = self._known.get(model)
+        if known is not None:
+            return known
+        parsed = parse_name(model)
         if parsed is None or (parsed.key not in self.configured and parsed.key not in self.catalog()):
             return "other"
-        return model_label(model)
+        label = model_label(model)
+        if len(self._known) < self.KEPT:
+            self._known[model] = label
+        return label
 
 
 def model_label(model: str | None) -> str:
