@@ -53,6 +53,7 @@ class PoolRouter:
     """Sends each request to the pool of its model; merges `/api/ps` across pools."""
 
     RUNNING_TTL = 1.5  # seconds an answer about a pool's containers is reused
+    PS_FRESH = 30.0  # seconds a pool's /api/ps answer is reused even after new work on the pool
     RUNNING_TIMEOUT = 2.0  # seconds a Modal lookup may take; then the pool is not asked
     PS_TIMEOUT = 10.0  # seconds a running pool may take to answer /api/ps
 
@@ -67,6 +68,10 @@ class PoolRouter:
                 if parsed is not None:
                     self._pool_of[parsed.key] = pool.name
         self._running: dict[str, tuple[float, bool]] = {}
+        # Each request to a GPU restarts its scale-down window: /api/ps polling alone must
+        # not keep a GPU up. A pool is asked again only after it did other work.
+        self._work_at: dict[str, float] = {}  # when each pool last got a request other than /api/ps
+        self._ps_answers: dict[str, tuple[float, bytes]] = {}  # each pool's last /api/ps body, and when
 
     @property
     def answered_here(self) -> tuple[str, ...]:
@@ -88,6 +93,7 @@ class PoolRouter:
         if request["method"] == "GET" and route_of(request["path"]) == "/api/ps" and self._can_tell():
             return await self._ps(request)
         name = self.pool_for(request)
+        self._work_at[name] = self.clock()
         response = await self.pools[name].backend.open(request)
         response.pool = name
         if response.cold_start:
@@ -112,6 +118,8 @@ class PoolRouter:
             log.warning("could not tell whether pool %s runs (%s: %s): not asking it", pool.name, type(exc).__name__, exc)
             running = False
         self._running[pool.name] = (self.clock(), running)
+        if not running:
+            self._ps_answers.pop(pool.name, None)  # scaled down: nothing is loaded any more
         return running
 
     async def _ps(self, request: RequestFrame) -> BackendResponse:
@@ -119,27 +127,34 @@ class PoolRouter:
         up = [pool for pool, running in zip(pools, await asyncio.gather(*(self._is_running(p) for p in pools))) if running]
         if not up:
             return StoredResponse(200, GIN_JSON, NO_MODELS_RUNNING)
-        if len(up) == 1:  # Ollama's own answer, byte for byte
-            response = await up[0].backend.open(request)
-            response.pool = up[0].name
-            return response
         answers = await asyncio.gather(*(self._ps_of(pool, request) for pool in up))
-        models = [model for answer in answers for model in answer]
+        if len(up) == 1:  # Ollama's own answer, byte for byte
+            return StoredResponse(200, GIN_JSON, answers[0] if answers[0] is not None else NO_MODELS_RUNNING)
+        models = [model for answer in answers if answer is not None for model in json.loads(answer)["models"]]
         models.sort(key=lambda model: model.get("expires_at", ""), reverse=True)  # as Ollama sorts them
         return StoredResponse(200, GIN_JSON, json.dumps({"models": models}, separators=(",", ":")).encode())
 
-    async def _ps_of(self, pool: PoolRoute, request: RequestFrame) -> list[dict]:
+    async def _ps_of(self, pool: PoolRoute, request: RequestFrame) -> bytes | None:
         try:
             async with asyncio.timeout(self.PS_TIMEOUT):
-                return await self._ps_models(pool, request)
+                return await self._ps_body(pool, request)
         except Exception as exc:  # noqa: BLE001 (one pool failing leaves the others' answer)
             log.warning("pool %s did not answer /api/ps (%s: %s)", pool.name, type(exc).__name__, exc)
-            return []
+            return None
 
-    async def _ps_models(self, pool: PoolRoute, request: RequestFrame) -> list[dict]:
+    async def _ps_body(self, pool: PoolRoute, request: RequestFrame) -> bytes | None:
+        """The pool's /api/ps body: its last one unless the pool did other work since (and
+        that answer is older than PS_FRESH), so polling alone reaches a GPU once at most."""
+        kept = self._ps_answers.get(pool.name)
+        if kept is not None and (self.clock() - kept[0] < self.PS_FRESH or kept[0] >= self._work_at.get(pool.name, 0.0)):
+            return kept[1]
+        asked_at = self.clock()
         response = await pool.backend.open(request)
         try:
             body = await read_body(response, PS_LIMIT)
         finally:
             await response.aclose()
-        return json.loads(body)["models"] if response.status == 200 else []
+        if response.status != 200 or not isinstance(json.loads(body).get("models"), list):
+            return None  # not a listing: not kept (and not merged)
+        self._ps_answers[pool.name] = (asked_at, body)
+        return body

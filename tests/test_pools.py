@@ -114,7 +114,29 @@ async def test_ps_merges_the_pools_that_run_and_starts_none(two_pools, monkeypat
             await response.read()
         async with http.get(gateway + "/ollama/api/ps") as response:  # both up: merged
             assert sorted(m["name"] for m in (await response.json())["models"]) == ["glm-4.7-flash:q8_0", "llama3.2:latest"]
-    assert calls(pools) == {"default": ["/api/chat", "/api/ps"], "a100-80gb": ["/api/chat", "/api/ps", "/api/ps"]}
+    # The second /api/ps asks only the pool that worked since: the other's answer is kept.
+    assert calls(pools) == {"default": ["/api/chat", "/api/ps"], "a100-80gb": ["/api/chat", "/api/ps"]}
+
+
+async def test_polling_ps_alone_never_keeps_a_gpu_busy(two_pools, monkeypatch):
+    # Found by review: each /api/ps was an input to the GPU container, which restarts its
+    # scale-down window, so a client polling it kept an A100 up for ever.
+    monkeypatch.setattr(PoolRouter, "RUNNING_TTL", 0.0)
+    monkeypatch.setattr(PoolRouter, "PS_FRESH", 0.0)
+    gateway, pools = two_pools
+    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway + "/ollama/api/chat", json=chat) as response:
+            await response.read()
+        for _ in range(20):
+            async with http.get(gateway + "/ollama/api/ps") as response:
+                assert [m["name"] for m in (await response.json())["models"]] == ["llama3.2:latest"]
+        assert calls(pools)["default"] == ["/api/chat", "/api/ps"]  # asked once, then its answer kept
+        async with http.post(gateway + "/ollama/api/chat", json=chat) as response:
+            await response.read()
+        async with http.get(gateway + "/ollama/api/ps") as response:
+            await response.read()
+    assert calls(pools)["default"] == ["/api/chat", "/api/ps", "/api/chat", "/api/ps"]  # new work: asked again
 
 
 async def test_a_client_that_leaves_stops_only_its_own_pools_work(two_pools):
