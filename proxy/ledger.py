@@ -125,6 +125,9 @@ class SharedLedger(Elsewhere):
     def last_request(self, pool: str) -> float:
         return self.others["last"].get(pool, 0.0)
 
+    def in_flight(self, pool: str) -> int:
+        return int(self.others["in_flight"].get(pool, 0))
+
     def charges_warm(self) -> bool:
         return all(self.key < other for other in self.live)  # the first by name: any one will do
 

@@ -41,8 +41,9 @@ def hour_of(ts: float) -> str:
 
 
 def new_record() -> Record:
-    # "last": pool -> when this gateway's last request on it began (for the tail's owner).
-    return {"v": 1, "updated": 0.0, "gpu": {}, "tokens": {}, "hours": {}, "last": {}}
+    # "last": pool -> when this gateway's last request on it began (for the tail's owner);
+    # "in_flight": pool -> its requests in flight there (as of its last sync).
+    return {"v": 1, "updated": 0.0, "gpu": {}, "tokens": {}, "hours": {}, "last": {}, "in_flight": {}}
 
 
 def _add(tree: dict, path: tuple[str, ...], amount: float) -> None:
@@ -85,6 +86,8 @@ def merge(records: list[Record]) -> Record:
         total["updated"] = max(total["updated"], record.get("updated") or 0.0)
         for pool, at in (record.get("last") or {}).items():
             total["last"][pool] = max(total["last"].get(pool, 0.0), at)
+        for pool, count in (record.get("in_flight") or {}).items():
+            total["in_flight"][pool] = total["in_flight"].get(pool, 0) + count
     return total
 
 
@@ -137,6 +140,10 @@ class Elsewhere:
         """When another gateway's last request on `pool` began (0: never)."""
         return 0.0
 
+    def in_flight(self, pool: str) -> int:
+        """The other gateways' requests in flight on `pool` (as of their last sync)."""
+        return 0
+
     def charges_warm(self) -> bool:
         """Is this the one gateway that charges `WARM` time (so it is counted once)?"""
         return True
@@ -156,9 +163,13 @@ class Meter:
         self.elsewhere = elsewhere or Elsewhere()
 
     def _shares(self, pool: PoolMeter, seconds: float) -> list[tuple[str, float]]:
+        # Requests in flight on other gateways take their share there: together it adds up.
+        elsewhere = self.elsewhere.in_flight(pool.name)
         if pool.in_flight:
-            requests = sum(pool.in_flight.values())
+            requests = sum(pool.in_flight.values()) + elsewhere
             return [(key, seconds * n / requests) for key, n in pool.in_flight.items()]
+        if elsewhere:
+            return []  # in flight on another gateway only: its time to charge
         later = self.elsewhere.last_request(pool.name)
         if pool.last_key is not None:
             return [] if later > pool.last_at else [(pool.last_key, seconds)]
@@ -184,6 +195,7 @@ class Meter:
         pool = self.pools[name]
         self._account(pool, now)
         pool.in_flight[key] += 1
+        self.record.setdefault("in_flight", {})[name] = sum(pool.in_flight.values())  # for the other gateways
         pool.last_key = key
         pool.last_at = self.record["last"][name] = now
         waking = pool.runners == 0
@@ -201,6 +213,7 @@ class Meter:
         pool.in_flight[key] -= 1
         if pool.in_flight[key] <= 0:
             del pool.in_flight[key]
+        self.record.setdefault("in_flight", {})[name] = sum(pool.in_flight.values())
         self.head(name, waking)
 
     def sample(self, name: str, runners: int, now: float) -> None:

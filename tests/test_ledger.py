@@ -7,8 +7,8 @@ import calendar
 
 import pytest
 
-from proxy.ledger import STALE_AFTER, DictUsageStore, FileUsageStore, SharedLedger
-from proxy.usage import add_gpu, day_of
+from proxy.ledger import STALE_AFTER, DictUsageStore, FileUsageStore, MemoryUsageStore, SharedLedger
+from proxy.usage import Meter, add_gpu, day_of
 from tests.fake_modal import FakeModalDict
 
 T0 = float(calendar.timegm((2026, 12, 8, 3, 0, 0)))
@@ -63,3 +63,21 @@ async def test_the_file_store_survives_a_new_process_reading_it(tmp_path):
     broken = SharedLedger(FileUsageStore(path), "c", Clock(T0 + 2))
     await broken.sync()  # a damaged file is started again, not a crash
     assert spent(broken) == 0.0
+
+
+async def test_two_gateways_with_requests_in_flight_on_one_container_charge_its_time_once():
+    # Found by review: each gateway charged the whole container time to its own requests.
+    store, now = MemoryUsageStore(), [T0]
+    a, b = SharedLedger(store, "a", lambda: now[0]), SharedLedger(store, "b", lambda: now[0])
+    meter_a, meter_b = Meter({"p": "L4"}, a.own, elsewhere=a), Meter({"p": "L4"}, b.own, elsewhere=b)
+    for meter, key in ((meter_a, "alice"), (meter_b, "bob")):
+        meter.sample("p", 1, T0)
+        meter.begin("p", key, T0)
+    await a.sync(), await b.sync(), await a.sync()  # each sees the other's request in flight
+    for meter, key in ((meter_a, "alice"), (meter_b, "bob")):
+        meter.sample("p", 1, T0 + 10)
+        meter.end("p", key, False, T0 + 10)
+    now[0] = T0 + 10
+    await b.sync(), await a.sync()
+    charged = a.totals()["gpu"][day_of(T0)]["p"]
+    assert charged == pytest.approx({"alice": 5.0, "bob": 5.0}) and sum(charged.values()) == pytest.approx(10.0)
