@@ -174,7 +174,7 @@ def api_keys(entries: tuple[str, ...]) -> tuple[ApiKey, ...]:
     """GATEWAY_API_KEYS entries: `name:key`, or a bare key named `key-<position>`.
 
     Strict, because a typo here locks everyone out or merges two keys into one: spaces
-    around names and keys are trimmed; an empty entry, name or key, a space or `;` inside
+    around names and keys are trimmed; an empty entry, name or key, a space, `;` or `|` inside
     an entry (another separator than `,`), a `:` after something that is not a name, two
     keys with one name and one key under two names all fail, naming the entry by its
     position or name and never showing a key.
@@ -186,8 +186,8 @@ def api_keys(entries: tuple[str, ...]) -> tuple[ApiKey, ...]:
         if not entry:
             raise ConfigError(f"{where} is empty (two commas in a row, or one at the end): expected {KEYS_FORM}")
         name, sep, key = (part.strip() for part in entry.partition(":"))
-        if any(char.isspace() or char == ";" for char in name + key):
-            raise ConfigError(f"{where} holds a space or ';' inside it: separate keys with ',' only ({KEYS_FORM})")
+        if any(char.isspace() or char in ";|" for char in name + key):
+            raise ConfigError(f"{where} holds a space, ';' or '|' inside it: separate keys with ',' only ({KEYS_FORM})")
         if sep and not KEY_NAME.fullmatch(name):
             what = "an empty name" if not name else "something that is not a name (letters, digits, _ . -, up to 64)"
             raise ConfigError(f"{where} has {what} before its ':': write name:key ({KEYS_FORM})")

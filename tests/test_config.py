@@ -129,8 +129,9 @@ def test_keys_are_trimmed_around_names_and_keys():
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ("me:sk-1;partner:sk-2", "GATEWAY_API_KEYS: entry 1 holds a space or ';' inside it: separate keys with ',' only"),
-        ("me:sk-1 partner:sk-2", "GATEWAY_API_KEYS: entry 1 holds a space or ';' inside it: separate keys with ',' only"),
+        ("me:sk-1;partner:sk-2", "GATEWAY_API_KEYS: entry 1 holds a space, ';' or '|' inside it: separate keys with ',' only"),
+        ("me:sk-1 partner:sk-2", "GATEWAY_API_KEYS: entry 1 holds a space, ';' or '|' inside it: separate keys with ',' only"),
+        ("me:sk-1|partner:sk-2", "GATEWAY_API_KEYS: entry 1 holds a space, ';' or '|' inside it: separate keys with ',' only"),
         ("me:", "GATEWAY_API_KEYS: entry 1 ('me') has a name and no key after its ':'"),
         ("me:sk-1,:sk-2", "GATEWAY_API_KEYS: entry 2 has an empty name before its ':'"),
         ("me:sk-1,,partner:sk-2", "GATEWAY_API_KEYS: entry 2 is empty (two commas in a row, or one at the end)"),
@@ -156,7 +157,7 @@ def test_keys_fail_at_import_of_the_gateway_too():
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("configuration error: GATEWAY_API_KEYS: entry 1 holds a space or ';'")
+    assert result.stderr.strip().splitlines()[-1].startswith("configuration error: GATEWAY_API_KEYS: entry 1 holds a space, ';' or '|'")
 
 
 # --- The settings file ---------------------------------------------------------------------
