@@ -167,6 +167,8 @@ def access_guard(
         limited = False
         sees_everything = not policies or policy_for(name, policies).models is None
         request[VIEWER], request[SEES_EVERYTHING] = name or NO_KEY, sees_everything
+        if not sees_everything and request.match_info.route.resource in own_usage:
+            request[MODEL_RULES] = rules.get(name) or rules["*"]  # the page shows only its models' pools
         if not sees_everything and path is None and request.match_info.route.resource not in own_usage:
             # /metrics names every key, model and count: not for a key limited to some models.
             return error_response(403, f"the key {name!r} may use only some models: /metrics is for the garden's owner", family)
@@ -302,6 +304,7 @@ def create_app(
     metrics = Metrics(ModelLabels(settings.ollama_model_list, backend.known_models))
     metrics.registry.register(garden)  # its collect(): GPU time, by key, cold starts
     garden.model_label = metrics.model_labels.label
+    garden.pool_models = {pool.name: pool.models for pool in settings.ollama_pools}
     app[BACKEND_KEY] = backend
     app[METRICS_KEY] = metrics
     app[GARDEN_KEY] = garden

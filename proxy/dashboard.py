@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from proxy.forward import MODEL_RULES
 from proxy.garden import Garden
 
 STATIC = Path(__file__).parent / "static"
@@ -56,7 +57,8 @@ def add_routes(app: web.Application, garden: Garden, expect_handler) -> tuple[li
 
     async def usage(request: web.Request) -> web.Response:
         # Fail closed: only the guard says that a key sees everything.
-        report = garden.report(request.get(VIEWER, ""), request.get(SEES_EVERYTHING, False))
+        rules = request.get(MODEL_RULES)
+        report = garden.report(request.get(VIEWER, ""), request.get(SEES_EVERYTHING, False), rules.allows if rules is not None else None)
         return web.json_response(report, headers={"Cache-Control": "no-store"})
 
     guarded = [app.router.add_get(USAGE_PATH, usage, expect_handler=expect_handler)]

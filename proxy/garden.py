@@ -69,6 +69,7 @@ class Garden:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.gpus = dict(pools)  # pool -> GPU
+        self.pool_models: dict[str, tuple[str, ...]] = {}  # pool -> its configured models (set by the app)
         self.runners = runners or {}
         self.measured = bool(self.runners)  # False: no GPU time to measure (local mode)
         self.ledger = SharedLedger(store or MemoryUsageStore(), clock=clock)
@@ -196,9 +197,10 @@ class Garden:
         return budget_refusal(key, policy, self.spent(key, now), now)
 
     # --- the page's report -------------------------------------------------------------------
-    def report(self, viewer: str, everything: bool) -> dict:
+    def report(self, viewer: str, everything: bool, may_use: Callable[[str], bool] | None = None) -> dict:
         """What the page shows. `everything` False (a key with an allowlist): only the
-        viewer's own usage, and the pools' states (which are nobody's usage)."""
+        viewer's own usage, and only the pools that hold a model it `may_use` (another
+        pool's state would tell when the owner uses it)."""
         now = self.clock()
         self.meter.catch_up(now)  # up to this moment, not the last look
         totals = self.ledger.totals()
@@ -208,8 +210,9 @@ class Garden:
         def cost(pool: str, seconds: float) -> float:
             return seconds * self.prices.get(pool, 0.0) / 3600
 
+        shown = [name for name in self.meter.pools if everything or (may_use is not None and any(map(may_use, self.pool_models.get(name, ()))))]
         pools = []
-        for name, pool in self.meter.pools.items():
+        for name, pool in ((name, self.meter.pools[name]) for name in shown):
             today = {k: s for k, s in day.get(name, {}).items() if visible(k)}
             this_month = {k: s for k, s in month.get(name, {}).items() if visible(k)}
             pools.append({
@@ -234,7 +237,7 @@ class Garden:
             for model, counts in sorted(models.items())
         ]  # fmt: skip
         hours = [hour_of(now - 3600 * i) for i in range(23, -1, -1)]
-        chart = {name: [sum(s for k, s in totals["hours"].get(h, {}).get(name, {}).items() if visible(k)) for h in hours] for name in self.meter.pools}
+        chart = {name: [sum(s for k, s in totals["hours"].get(h, {}).get(name, {}).items() if visible(k)) for h in hours] for name in shown}
         in_flight = sum(self.in_flight.values()) if everything else self.in_flight.get(viewer, 0)
         return {
             "now": now,

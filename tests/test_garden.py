@@ -11,6 +11,7 @@ import re
 import aiohttp
 import pytest
 
+from config import KeyPolicy, Pool
 from proxy.usage import WARM
 from tests.conftest import wait_for
 
@@ -143,3 +144,19 @@ async def test_a_preempted_run_is_metered_as_one_request_that_ends(metered, capl
     assert len(metered.method.runs) >= 2  # the preempted run and what replaced it
     [line] = [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
     assert '"reruns":1' in line
+
+
+@pytest.mark.parametrize(("models", "pools"), [(("llama3.2",), ["default"]), (("qwen3:8b",), [])])
+async def test_a_key_with_an_allowlist_sees_only_the_pools_of_its_models(make_modal_garden, models, pools):
+    # Found by review: another pool's state (asleep, awake, containers) told a friend when
+    # the owner used it.
+    garden = await make_modal_garden(
+        metered=FAST, gateway_api_keys=KEYS, ollama_model_list=("llama3.2",), ollama_pools=(Pool("default", "A100-40GB", ("llama3.2",)),),
+        gateway_key_policy=(("bob", KeyPolicy(models=models)),),
+    )
+    async with aiohttp.ClientSession() as http:
+        await chat(http, garden.url, "sk-alice")
+        for key, expected in (("sk-alice", ["default"]), ("sk-bob", pools)):
+            async with http.get(garden.url + "/garden/usage", headers={"Authorization": f"Bearer {key}"}) as response:
+                report = await response.json()
+            assert [pool["name"] for pool in report["pools"]] == expected and list(report["chart"]["pools"]) == expected
