@@ -21,6 +21,7 @@ ENVIRONMENT_HELP = (
     ("GATEWAY_BODY_TIMEOUT_S", "longest time to receive a request body (default 60)"),
     ("GATEWAY_EARLY_HEAD_S", "seconds before a waiting stream gets its head from the gateway (default 5)"),
     ("OLLAMA_TIMEOUT", "longest wait for Ollama's answer, in seconds (default 1800)"),
+    ("GATEWAY_USAGE_FILE", "a file that keeps tokens and budgets across restarts (default: memory)"),
     ("GARDEN_SETTINGS_FILE", "a settings file to read instead of garden.env next to config.py"),
 )
 

@@ -222,7 +222,7 @@ def test_serving_the_network_without_keys_is_refused_unless_asked_for(local_gate
 def test_help_lists_the_environment_variables_it_reads():
     result = run_proxy("--help")
     assert result.returncode == 0
-    for name in ("OLLAMA_HOST", "GATEWAY_PORT", "GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY", "GATEWAY_ALLOW_OPEN", "GATEWAY_CORS_ORIGINS", "GARDEN_SETTINGS_FILE"):
+    for name in ("OLLAMA_HOST", "GATEWAY_PORT", "GATEWAY_API_KEYS", "GATEWAY_KEY_POLICY", "GATEWAY_ALLOW_OPEN", "GATEWAY_CORS_ORIGINS", "GATEWAY_USAGE_FILE", "GARDEN_SETTINGS_FILE"):
         assert f"\n  {name} " in result.stdout
     assert "garden.env" in result.stdout
 
