@@ -31,6 +31,7 @@ rules that need its model refuse it.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -108,15 +109,24 @@ class Reading(NamedTuple):
 NOTHING = Reading()
 
 
+def _model_in_path(method: str, route: str) -> str | None:
+    """The model of `GET /v1/models/{model}`, or None for any other request."""
+    if method != "GET" or not route.startswith(MODEL_IN_PATH):
+        return None
+    model = route[len(MODEL_IN_PATH) :]
+    return None if "/" in model else model
+
+
 def reads_a_model(method: str, route: str) -> bool:
     """Does Ollama's handler for this request use a model the gateway can read?"""
-    return (method, route) in HANDLERS or (method == "GET" and route.startswith(MODEL_IN_PATH) and "/" not in route[len(MODEL_IN_PATH) :])
+    return (method, route) in HANDLERS or _model_in_path(method, route) is not None
 
 
 def read_request(method: str, route: str, body: bytes) -> Reading:
     """What Ollama's handler for (`method`, `route`) will read from `body`. Pure."""
-    if method == "GET" and route.startswith(MODEL_IN_PATH) and "/" not in route[len(MODEL_IN_PATH) :]:
-        return Reading(models=(route[len(MODEL_IN_PATH) :],))
+    in_path = _model_in_path(method, route)
+    if in_path is not None:
+        return Reading(models=(in_path,))
     handler = HANDLERS.get((method, route))
     if handler is None:
         return NOTHING  # not a handler that reads a model from its body
@@ -177,6 +187,7 @@ def _nested_pattern(depth: int) -> bytes:
 # 400 whatever the gateway reads from it). Possessive, so it never backtracks.
 INNER_DEPTH = 8
 _ITEMS = [re.compile(rb"(?:" + _FLAT + (rb"|" + _nested_pattern(d) if d else b"") + rb")*+", re.S) for d in range(INNER_DEPTH + 1)]
+_INNER_VALUE = rb"(?:" + _SCALAR_BARE + rb"|" + _nested_pattern(INNER_DEPTH) + rb")"  # a value `_ITEMS` skips whole
 # One match covers at most this much of a body, so one call into the regular expression
 # engine (which holds the GIL) stays short however large or odd the body is.
 WINDOW = 256 * 1024
@@ -262,6 +273,17 @@ def _decoded(name: str, kind: str, value: object, go_type: str, current: object)
     raise _Refused(f"json: cannot unmarshal {kind} into the field {name!r} of type {go_type}")
 
 
+@functools.cache
+def _other_pairs(names: frozenset[str]) -> re.Pattern[bytes]:
+    """A run of pairs none of `names` can be: plain ASCII keys (no escape, no byte a fold
+    could turn into a field's letter) that are not one of the names in any case, each value
+    scalar or nested at most INNER_DEPTH deep, each pair followed by a comma. Skipped in one
+    match, so a body of many small keys costs no Python step per key. One per set of names."""
+    alternatives = b"|".join(re.escape(name.encode()) for name in sorted(names))
+    other_key = rb'"(?!(?i:' + alternatives + rb')")[^"\\\x00-\x1f\x80-\xff]*+"'
+    return re.compile(rb"(?:" + _WS + other_key + _WS + rb":" + _WS + _INNER_VALUE + _WS + rb",)*+", re.S)
+
+
 class _Fields:
     """A handler's read fields, looked up as Go looks a key up: the raw spelling first
     (the usual case, no decoding), then the unquoted key, then its fold."""
@@ -270,14 +292,7 @@ class _Fields:
         self.types = handler.fields
         self.raw = {b'"' + name.encode() + b'"': name for name in handler.fields}
         self.folded = {go_fold(name): name for name in handler.fields}
-        # A run of pairs no field can be: plain ASCII keys (no escape, no byte a fold could
-        # turn into a field's letter) that are not a field's name in any case, each value
-        # scalar or nested at most INNER_DEPTH deep, each pair followed by a comma. Skipped
-        # in one match, so a body of many small keys costs no Python step per key.
-        names = b"|".join(re.escape(name.encode()) for name in handler.fields)
-        other_key = rb'"(?!(?i:' + names + rb')")[^"\\\x00-\x1f\x80-\xff]*+"'
-        value = rb"(?:" + _SCALAR_BARE + rb"|" + _nested_pattern(INNER_DEPTH) + rb")"
-        self.other_pairs = re.compile(rb"(?:" + _WS + other_key + _WS + rb":" + _WS + value + _WS + rb",)*+", re.S)
+        self.other_pairs = _other_pairs(frozenset(handler.fields))
 
     def name_of(self, raw_key: bytes) -> str | None:
         name = self.raw.get(raw_key)
