@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 
 PS_LIMIT = 8 * 1024 * 1024  # a pool's /api/ps answer (a few hundred bytes per loaded model)
 
+@dataclass(frozen=True)
+class PsAnswer:
+    """A pool's /api/ps answer: when it was asked, its body as Ollama sent it, its models."""
+
+    asked_at: float
+    body: bytes
+    models: list[dict]
+
+
 @dataclass
 class PoolRoute:
     name: str
@@ -71,7 +80,7 @@ class PoolRouter:
         # Each request to a GPU restarts its scale-down window: /api/ps polling alone must
         # not keep a GPU up. A pool is asked again only after it did other work.
         self._work_at: dict[str, float] = {}  # when each pool last got a request other than /api/ps
-        self._ps_answers: dict[str, tuple[float, bytes]] = {}  # each pool's last /api/ps body, and when
+        self._ps_answers: dict[str, PsAnswer] = {}  # each pool's last /api/ps answer
 
     @property
     def answered_here(self) -> tuple[str, ...]:
@@ -129,12 +138,12 @@ class PoolRouter:
             return StoredResponse(200, GIN_JSON, NO_MODELS_RUNNING)
         answers = await asyncio.gather(*(self._ps_of(pool, request) for pool in up))
         if len(up) == 1:  # Ollama's own answer, byte for byte
-            return StoredResponse(200, GIN_JSON, answers[0] if answers[0] is not None else NO_MODELS_RUNNING)
-        models = [model for answer in answers if answer is not None for model in json.loads(answer)["models"]]
+            return StoredResponse(200, GIN_JSON, answers[0].body if answers[0] is not None else NO_MODELS_RUNNING)
+        models = [model for answer in answers if answer is not None for model in answer.models]
         models.sort(key=lambda model: model.get("expires_at", ""), reverse=True)  # as Ollama sorts them
         return StoredResponse(200, GIN_JSON, json.dumps({"models": models}, separators=(",", ":")).encode())
 
-    async def _ps_of(self, pool: PoolRoute, request: RequestFrame) -> bytes | None:
+    async def _ps_of(self, pool: PoolRoute, request: RequestFrame) -> PsAnswer | None:
         try:
             async with asyncio.timeout(self.PS_TIMEOUT):
                 return await self._ps_body(pool, request)
@@ -142,19 +151,20 @@ class PoolRouter:
             log.warning("pool %s did not answer /api/ps (%s: %s)", pool.name, type(exc).__name__, exc)
             return None
 
-    async def _ps_body(self, pool: PoolRoute, request: RequestFrame) -> bytes | None:
-        """The pool's /api/ps body: its last one unless the pool did other work since (and
+    async def _ps_body(self, pool: PoolRoute, request: RequestFrame) -> PsAnswer | None:
+        """The pool's /api/ps answer: its last one unless the pool did other work since (and
         that answer is older than PS_FRESH), so polling alone reaches a GPU once at most."""
         kept = self._ps_answers.get(pool.name)
-        if kept is not None and (self.clock() - kept[0] < self.PS_FRESH or kept[0] >= self._work_at.get(pool.name, 0.0)):
-            return kept[1]
+        if kept is not None and (self.clock() - kept.asked_at < self.PS_FRESH or kept.asked_at >= self._work_at.get(pool.name, 0.0)):
+            return kept
         asked_at = self.clock()
         response = await pool.backend.open(request)
         try:
             body = await read_body(response, PS_LIMIT)
         finally:
             await response.aclose()
-        if response.status != 200 or not isinstance(json.loads(body).get("models"), list):
+        models = json.loads(body).get("models") if response.status == 200 else None
+        if not isinstance(models, list):
             return None  # not a listing: not kept (and not merged)
-        self._ps_answers[pool.name] = (asked_at, body)
-        return body
+        answer = self._ps_answers[pool.name] = PsAnswer(asked_at, body, models)
+        return answer
