@@ -153,7 +153,8 @@ def access_guard(
             )
         if EXCHANGE in request:
             request[EXCHANGE].key = name
-        CURRENT_KEY.set(name or NO_KEY)  # for the pool meter (proxy.garden), in this request's task
+        who = name or NO_KEY  # the name usage is charged to
+        CURRENT_KEY.set(who)  # for the pool meter (proxy.garden), in this request's task
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
         if encoding != "identity" and not decodable(request.method, forwarded_route(request), encoding):
             # Ollama takes a compressed body on /v1/responses only; the forwarder inflates
@@ -164,24 +165,24 @@ def access_guard(
         path = forwarded_path(request)
         if settings.gateway_read_only and path and not allowed_when_read_only(request.method, path):
             return error_response(403, "this garden is read-only: only chat, generation, embeddings and model listings are served", family)
+        policy = policy_for(name, policies)  # NO_POLICY without policies
+        key_rules = None if policy.models is None else rules.get(name) or rules["*"]  # a key limited to some models
+        request[VIEWER], request[SEES_EVERYTHING] = who, key_rules is None
+        if key_rules is not None and path is None:
+            if resource not in own_usage:
+                # /metrics names every key, model and count: not for a key limited to some models.
+                return error_response(403, f"the key {name!r} may use only some models: /metrics is for the garden's owner", family)
+            request[MODEL_RULES] = key_rules  # the page shows only its models' pools
         limited = False
-        sees_everything = not policies or policy_for(name, policies).models is None
-        request[VIEWER], request[SEES_EVERYTHING] = name or NO_KEY, sees_everything
-        if not sees_everything and request.match_info.route.resource in own_usage:
-            request[MODEL_RULES] = rules.get(name) or rules["*"]  # the page shows only its models' pools
-        if not sees_everything and path is None and request.match_info.route.resource not in own_usage:
-            # /metrics names every key, model and count: not for a key limited to some models.
-            return error_response(403, f"the key {name!r} may use only some models: /metrics is for the garden's owner", family)
         if policies and path is not None:
-            policy = policy_for(name, policies)
-            if policy.models is not None:
+            if key_rules is not None:
                 route = forwarded_route(request) or "/"
                 if not limited_key_may_use(request.method, route):
                     return error_response(403, f"the key {name!r} may use only some models: {request.method} {route[:100]} is not for it", family)
-                request[MODEL_RULES] = rules.get(name) or rules["*"]
+                request[MODEL_RULES] = key_rules
             limited = policy.max_streams is not None or policy.requests_per_minute is not None
             # Checked as a request arrives, never during one: a stream is not cut.
-            over = garden.refusal(name or NO_KEY, policy)
+            over = garden.refusal(who, policy)
             if over is not None:
                 return error_response(429, over.message, family, {"Retry-After": str(over.retry_after)})
             if limited:
@@ -189,7 +190,7 @@ def access_guard(
                 if refusal is not None:
                     return error_response(429, refusal.message, family, {"Retry-After": str(refusal.retry_after)})
         if path is not None:
-            garden.request_started(name or NO_KEY)
+            garden.request_started(who)
         try:
             if hdrs.EXPECT in request.headers and request.version == HttpVersion11 and request.headers[hdrs.EXPECT].lower() == "100-continue":
                 # Only now, with every check passed, may the client send its body.
@@ -198,7 +199,7 @@ def access_guard(
             return await handler(request)
         finally:
             if path is not None:
-                garden.request_done(name or NO_KEY)
+                garden.request_done(who)
             if limited:
                 limits.done(name)
 

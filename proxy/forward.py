@@ -188,20 +188,20 @@ class Forwarder:
         # The guard let a Content-Encoding through only where Ollama takes one (proxy.encodings):
         # the body is inflated as it arrives, and Ollama gets (and every rule reads) the decoded body.
         encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        inflated_limit = min(self.max_body, MAX_DECOMPRESSED)
         try:
             if encoding != "identity":
                 async with asyncio.timeout(self.body_timeout):
-                    body = await inflate(request.content.iter_any(), encoding, min(self.max_body, MAX_DECOMPRESSED))
+                    body = await inflate(request.content.iter_any(), encoding, inflated_limit)
             elif request.content.is_eof():  # the whole body came with the head: nothing to wait for
                 body = await request.read()
             else:
                 async with asyncio.timeout(self.body_timeout):
                     body = await request.read()
-        except BodyTooLarge as exc:
+        except BodyTooLarge as exc:  # only inflating raises it
             exchange.error = "body_too_large"
-            limit = self.max_body if encoding == "identity" else min(self.max_body, MAX_DECOMPRESSED)
-            why = "GATEWAY_MAX_BODY_MB" if limit == self.max_body else "decompressed: Ollama reads no more"
-            message = f"request body over {limit // (1024 * 1024)} MB ({why}): {exc}"
+            why = "GATEWAY_MAX_BODY_MB" if inflated_limit == self.max_body else "decompressed: Ollama reads no more"
+            message = f"request body over {inflated_limit // (1024 * 1024)} MB ({why}): {exc}"
             return await answer_and_close(request, error_response(413, message, family))
         except BadEncoding as exc:
             exchange.error = "bad_request"
