@@ -15,7 +15,7 @@ import modal
 
 try:  # a bad setting stops the deploy in one line naming it, not a traceback
     from config import (
-        APP_NAME, DEFAULT_POOL, ENVIRONMENT, MODAL_WEB_FIRST_BYTE_LIMIT, ConfigError, Pool, deploy_refusal, forwarded_env, settings,
+        APP_NAME, DEFAULT_POOL, ENVIRONMENT, MODAL_WEB_FIRST_BYTE_LIMIT, Pool, deploy_refusal, forwarded_env, settings,
     )  # fmt: skip
 except ValueError as exc:  # config.ConfigError
     sys.exit(f"configuration error: {exc}")
